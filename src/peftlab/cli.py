@@ -1,0 +1,79 @@
+"""The `peftlab` command line: one typer app, one subcommand per verb.
+
+Subcommands live in `peftlab/commands/*.py`, each with a `register(app)` function, and import
+torch/transformers only inside the command bodies so that `peftlab --help` returns instantly.
+
+Every user-triggerable error is a `PeftlabError`; `main()` prints it as one line on stderr and
+exits with code 2 (a traceback only with `--debug`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from peftlab.errors import PeftlabError
+
+app = typer.Typer(
+    name="peftlab",
+    help="Fine-tune HF classifiers with FFT / LoRA / PEFT methods and measure every attention head's "
+    "importance, plasticity and update.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+) -> None:
+    """peftlab: study and choose parameter-efficient fine-tuning."""
+
+
+def _register_commands() -> None:
+    from peftlab.commands import COMMAND_MODULES
+
+    for module in COMMAND_MODULES:
+        module.register(app)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: run the app, turning PeftlabError into one line + exit 2."""
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=args, prog_name="peftlab", standalone_mode=False)
+    except PeftlabError as err:
+        if debug:
+            raise
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished work is kept; re-run the same command to resume", err=True)
+        sys.exit(130)
+    except PermissionError as err:
+        if debug:
+            raise
+        typer.echo(f"error: cannot write '{err.filename}': permission denied; choose a writable --out", err=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

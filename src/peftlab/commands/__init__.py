@@ -1,0 +1,8 @@
+"""CLI subcommands, one module per area; each exposes `register(app)`.
+
+Command bodies import heavy libraries lazily so `peftlab --help` stays instant.
+"""
+
+from peftlab.commands import analysis, measure, train
+
+COMMAND_MODULES = [train, measure, analysis]

