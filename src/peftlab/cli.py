@@ -42,11 +42,36 @@ def _register_commands() -> None:
 _register_commands()
 
 
+# Options that take several values, written the way the seed scripts did (`--seeds 1 2 3`).
+MULTI_VALUE_OPTIONS = ("--seeds", "--ranks", "--methods")
+
+
+def expand_multi_value(args: list[str]) -> list[str]:
+    """Rewrite `--seeds 1 2 3` as `--seeds 1 --seeds 2 --seeds 3` (click options take one value each).
+
+    Expansion stops at the next option (`-...`) or a `key=value` override.
+    """
+    out: list[str] = []
+    current: str | None = None  # the multi-value option being read
+    first = False  # the next value is the option's own first value
+    for arg in args:
+        if arg in MULTI_VALUE_OPTIONS:
+            current, first = arg, True
+            out.append(arg)
+        elif current is not None and not arg.startswith("-") and "=" not in arg:
+            out.extend([arg] if first else [current, arg])
+            first = False
+        else:
+            current = None
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning PeftlabError into one line + exit 2."""
     import click
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = expand_multi_value(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     command = typer.main.get_command(app)
     try:

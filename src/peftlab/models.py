@@ -80,14 +80,18 @@ def load_model(name_or_path: str | None, num_labels: int, problem_type: str | No
     kwargs = {"num_labels": num_labels}
     if problem_type:
         kwargs["problem_type"] = problem_type
-    verbosity = hf_logging.get_verbosity()
+    # The "newly initialized classifier" warning and the per-tensor loading bar are noise here.
+    verbosity, bar_was_on = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise PeftlabError(_not_a_model(path, err)) from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     return model

@@ -1,7 +1,75 @@
-"""CLI subcommands (placeholder: filled in by its owner)."""
+"""`peftlab study` (the main job) and `peftlab demo` (the quick study on the packaged model)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
 
 import typer
 
 
+def _split(values: list[str] | None) -> list[str]:
+    """Accept `--x a --x b`, `--x a b` (see cli.expand_multi_value) and `--x a,b`."""
+    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
+
+
+def _ints(values: list[str] | None, what: str) -> list[int]:
+    from peftlab.errors import PeftlabError
+
+    try:
+        return [int(v) for v in _split(values)]
+    except ValueError:
+        raise PeftlabError(f"--{what} takes whole numbers, e.g. --{what} 1 2 3; got {values}") from None
+
+
 def register(app: typer.Typer) -> None:
-    """Attach this module's subcommands to `app`."""
+    @app.command()
+    def study(
+        task: str = typer.Option("rte", help="Task name (see `peftlab tasks`)."),
+        methods: List[str] = typer.Option(["fft", "lora"], help="Methods, e.g. --methods fft lora or fft,lora."),
+        seeds: List[str] = typer.Option(["1"], help="Seeds, e.g. --seeds 1 2 3."),
+        ranks: List[str] = typer.Option(["8"], help="LoRA ranks, e.g. --ranks 4 8 16 32."),
+        profile: str = typer.Option("quick", help="quick (subset 256, short training) or full (seed defaults)."),
+        model: Optional[str] = typer.Option(None, help="Model dir or Hub id; default: packaged all-MiniLM-L6-v2."),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data root (else $PEFTLAB_DATA, else ./data)."),
+        out: str = typer.Option("outputs", help="Output root."),
+        overrides: Optional[List[str]] = typer.Argument(None, help="Training config overrides key=value."),
+    ) -> None:
+        """Run train → measure → analyze → compare (→ aggregate, → compare-ranks) and write report.html.
+
+        Finished stages are skipped, so re-running after an interruption resumes.
+        """
+        from rich.console import Console
+
+        from peftlab.study import run_study
+
+        console = Console(stderr=True)
+        report = run_study(task, _split(methods), _ints(seeds, "seeds"), _ints(ranks, "ranks"), profile, out,
+                           list(overrides or []), model, data_dir, console=console)
+        _summarise(report, console)
+
+    @app.command()
+    def demo(
+        out: str = typer.Option("outputs", help="Output root."),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data root (else $PEFTLAB_DATA, else ./data)."),
+    ) -> None:
+        """The quick study: packaged all-MiniLM-L6-v2 on RTE, FFT vs LoRA r=8, seed 1, subset 256."""
+        from rich.console import Console
+
+        from peftlab.study import run_study
+
+        console = Console(stderr=True)
+        report = run_study("rte", ["fft", "lora"], [1], [8], "quick", out, [], None, data_dir, console=console)
+        _summarise(report, console)
+
+
+def _summarise(report, console) -> None:
+    """Print each run's dev score and the report path (numbers read back from the saved files)."""
+    import json
+    from pathlib import Path
+
+    study = json.loads((Path(report).parent / "study.json").read_text())
+    for run in study["runs"]:
+        final = json.loads((Path(run) / "final_metrics.json").read_text())
+        console.print(f"{run}: dev {final['main_metric']} = {final['score']:.4f} "
+                      f"(train {final['timing']['train_s']:.0f} s)")
+    typer.echo(str(report))

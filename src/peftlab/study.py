@@ -1,0 +1,160 @@
+"""`peftlab study`: train → measure → analyze → compare (→ aggregate, → compare-ranks) → report.html.
+
+Every stage is resumable on its own (a finished run is skipped by `train_run`, a finished measurement
+step by `measure_run`), so re-running the same study after an interruption only does what is missing.
+Profiles fix the expensive knobs; anything else comes from the training presets in `configs/`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from peftlab.errors import PeftlabError
+
+# quick: what `make demo` runs (must finish in ≤ 15 min on a 2-core CPU); full: the seed pipeline defaults.
+PROFILES: dict[str, dict] = {
+    "quick": {"preset": "quick", "subset_size": 256, "importance": "both"},
+    "full": {"preset": "full", "subset_size": 1024, "importance": "both"},
+}
+
+
+@dataclass
+class StudyPlan:
+    """What a study will do; `name` is its directory under `outputs/STUDY/<TASK>/`."""
+
+    task: str
+    methods: list[str]
+    seeds: list[int]
+    ranks: list[int]
+    profile: str
+    out: str = "outputs"
+    overrides: list[str] = field(default_factory=list)
+    model: str | None = None
+    data_dir: str | None = None
+
+    @property
+    def name(self) -> str:
+        seeds = "-".join(str(s) for s in self.seeds)
+        ranks = "-".join(str(r) for r in self.ranks)
+        return f"{self.profile}_{'-'.join(self.methods)}_s{seeds}_r{ranks}"
+
+
+def _configs(plan: StudyPlan):
+    """One TrainConfig per (method, seed, rank); full-rank methods ignore `ranks`."""
+    from peftlab.config import load_config
+    from peftlab.methods import get_method
+
+    preset = PROFILES[plan.profile]["preset"]
+    configs = []
+    for method_name in plan.methods:
+        method = get_method(method_name)
+        ranks = plan.ranks if method.low_rank else [None]
+        for seed in plan.seeds:
+            for rank in ranks:
+                overrides = [f"task={plan.task}", f"method={method.name}", f"seed={seed}", f"out={plan.out}"]
+                if rank is not None:
+                    overrides.append(f"rank={rank}")
+                if plan.model:
+                    overrides.append(f"model={plan.model}")
+                if plan.data_dir:
+                    overrides.append(f"data_dir={plan.data_dir}")
+                configs.append(load_config(preset, overrides + list(plan.overrides)))
+    return configs
+
+
+def run_study(
+    task: str,
+    methods: list[str],
+    seeds: list[int],
+    ranks: list[int],
+    profile: str = "quick",
+    out: str = "outputs",
+    overrides: list[str] | None = None,
+    model: str | None = None,
+    data_dir: str | None = None,
+    console=None,
+) -> Path:
+    """Run every stage of a study and write `outputs/STUDY/<TASK>/<name>/report.html`; returns its path."""
+    from peftlab.analysis.analyze import analyze_run
+    from peftlab.analysis.compare import compare_runs
+    from peftlab.analysis.report import study_report
+    from peftlab.heads.measure import measure_run
+    from peftlab.io import atomic_write_json
+    from peftlab.tasks import get_task
+    from peftlab.train import train_run
+
+    if profile not in PROFILES:
+        raise PeftlabError(f"unknown profile '{profile}'; choose one of: {', '.join(PROFILES)}")
+    if not methods:
+        raise PeftlabError("no methods given; pass e.g. --methods fft,lora")
+    if not seeds:
+        raise PeftlabError("no seeds given; pass e.g. --seeds 1")
+    plan = StudyPlan(get_task(task).name, list(methods), list(seeds), list(ranks), profile, out,
+                     list(overrides or []), model, data_dir)
+    settings = PROFILES[profile]
+    say = console.print if console is not None else print
+    configs = _configs(plan)
+    stage_seconds: dict[str, float] = {}
+
+    def stage(label: str):
+        say(f"[bold]{label}[/bold]" if console is not None else label)
+        return time.perf_counter()
+
+    run_dirs: list[Path] = []
+    for i, cfg in enumerate(configs, 1):
+        t0 = stage(f"[{i}/{len(configs)}] train {cfg.method} seed={cfg.seed} rank={cfg.rank}")
+        run_dir = train_run(cfg)
+        stage_seconds[f"train:{run_dir.name}:{cfg.method}"] = time.perf_counter() - t0
+        t0 = stage(f"[{i}/{len(configs)}] measure {run_dir}")
+        measure_run(run_dir, importance=settings["importance"], subset_size=settings["subset_size"])
+        stage_seconds[f"measure:{run_dir.name}:{cfg.method}"] = time.perf_counter() - t0
+        analyze_run(run_dir)
+        run_dirs.append(run_dir)
+
+    # Compare every pair of methods for each seed (and each rank of the low-rank ones).
+    compare_dirs: list[Path] = []
+    by_seed: dict[int, list[tuple[object, Path]]] = {}
+    for cfg, run_dir in zip(configs, run_dirs):
+        by_seed.setdefault(cfg.seed, []).append((cfg, run_dir))
+    for seed, pairs in by_seed.items():
+        for a in range(len(pairs)):
+            for b in range(a + 1, len(pairs)):
+                if pairs[a][0].method == pairs[b][0].method:
+                    continue  # same method at two ranks: that is compare-ranks' job
+                t0 = stage(f"compare {pairs[a][1]} vs {pairs[b][1]}")
+                compare_dirs.append(compare_runs(pairs[a][1], pairs[b][1], out=out))
+                stage_seconds[f"compare:{seed}:{a}-{b}"] = time.perf_counter() - t0
+
+    aggregate_dir = None
+    if len(plan.seeds) > 1:
+        from peftlab.analysis.aggregate import aggregate
+
+        labels = sorted({_run_label(cfg) for cfg in configs})
+        stage("aggregate across seeds")
+        aggregate_dir = aggregate(plan.task, labels, plan.seeds, out=out)
+    ranks_dir = None
+    if len(plan.ranks) > 1:
+        from peftlab.analysis.ranks import compare_ranks
+
+        stage("compare ranks")
+        ranks_dir = compare_ranks(plan.task, plan.seeds[0], plan.ranks, out=out)
+
+    study_dir = Path(out) / "STUDY" / plan.task / plan.name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(study_dir / "study.json", {
+        "task": plan.task, "methods": plan.methods, "seeds": plan.seeds, "ranks": plan.ranks,
+        "profile": profile, "settings": settings, "runs": [str(p) for p in run_dirs],
+        "compare": [str(p) for p in compare_dirs], "stage_seconds": stage_seconds,
+    })
+    report = study_report(study_dir, run_dirs, compare_dirs, aggregate_dir=aggregate_dir, ranks_dir=ranks_dir)
+    return Path(report)
+
+
+def _run_label(cfg) -> str:
+    """'FFT', 'LoRA_r8', ... — how aggregate/compare-ranks name a method."""
+    from peftlab.methods import get_method
+
+    method = get_method(cfg.method)
+    return f"{method.dir_name}_r{cfg.rank}" if method.low_rank else method.dir_name
