@@ -42,6 +42,13 @@ class ArchSpec:
     conv1d: bool = False  # GPT-2 Conv1D weights are [d_in, d_out]
     fused_qkv: bool = False  # q, k, v live in one module, output columns [q | k | v]
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # The position-wise part of a layer after attention, given the o-proj input `ctx` and the layer
+    # input `x` (used by heads/importance_fast.py to recompute a layer without its attention):
+    #   "post_ln": a = P0(ctx, x); out = P2(P1(a), a)     (BERT family: attention.output, intermediate, output)
+    #   "pre_ln":  h = x + P0(ctx); out = h + P2(P1(h))   (LLaMA/GPT-2: o-proj, post-attention norm, mlp)
+    # None = unknown; fast exact importance then falls back to the naive path.
+    tail_kind: str | None = None
+    tail_paths: tuple[str, ...] = ()
 
     @property
     def o_path(self) -> str:
@@ -57,6 +64,8 @@ _BERT_PATHS = {
     "ffn_in": ("intermediate.dense",),
     "ffn_out": ("output.dense",),
 }
+_BERT_TAIL = dict(tail_kind="post_ln", tail_paths=("attention.output", "intermediate", "output"))
+_LLAMA_TAIL = dict(tail_kind="pre_ln", tail_paths=("self_attn.o_proj", "post_attention_layernorm", "mlp"))
 _LLAMA_PATHS = {
     "q": ("self_attn.q_proj",),
     "k": ("self_attn.k_proj",),
@@ -69,9 +78,10 @@ _LLAMA_PATHS = {
 ARCH_SPECS: dict[str, ArchSpec] = {
     spec.family: spec
     for spec in [
-        ArchSpec("bert", ("bert",), "encoder.layer", _BERT_PATHS, ("classifier",), "first"),
-        ArchSpec("roberta", ("roberta", "xlm-roberta"), "encoder.layer", _BERT_PATHS, ("classifier",), "first"),
-        ArchSpec("electra", ("electra",), "encoder.layer", _BERT_PATHS, ("classifier",), "first"),
+        ArchSpec("bert", ("bert",), "encoder.layer", _BERT_PATHS, ("classifier",), "first", **_BERT_TAIL),
+        ArchSpec("roberta", ("roberta", "xlm-roberta"), "encoder.layer", _BERT_PATHS, ("classifier",), "first",
+                 **_BERT_TAIL),
+        ArchSpec("electra", ("electra",), "encoder.layer", _BERT_PATHS, ("classifier",), "first", **_BERT_TAIL),
         ArchSpec(
             "deberta-v2",
             ("deberta-v2", "deberta"),
@@ -86,15 +96,16 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             },
             ("classifier", "pooler"),
             "first",
+            **_BERT_TAIL,
             notes=(
                 "DeBERTa with share_att_key=true: query_proj/key_proj also project relative "
                 "positions, so per-head updates of q and k mix content and position roles.",
             ),
         ),
         ArchSpec("llama", ("llama", "mistral"), "layers", _LLAMA_PATHS, ("score",), "last",
-                 n_kv_heads_attr="num_key_value_heads"),
+                 n_kv_heads_attr="num_key_value_heads", **_LLAMA_TAIL),
         ArchSpec("qwen2", ("qwen2", "qwen3"), "layers", _LLAMA_PATHS, ("score",), "last",
-                 n_kv_heads_attr="num_key_value_heads"),
+                 n_kv_heads_attr="num_key_value_heads", **_LLAMA_TAIL),
         ArchSpec(
             "gpt2",
             ("gpt2",),
@@ -112,6 +123,8 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             n_heads_attr="n_head",
             conv1d=True,
             fused_qkv=True,
+            tail_kind="pre_ln",
+            tail_paths=("attn.c_proj", "ln_2", "mlp"),
             notes=("GPT-2 fuses q, k, v in c_attn: targeting any of q, k, v adapts all three.",),
         ),
     ]

@@ -1,0 +1,277 @@
+"""Load a run's saved measurement files into one per-head table (the `heads.csv` of `peftlab analyze`).
+
+One row per head `(layer, head)`, in (layer, head) order:
+    layer, head, I_pre, I_post, G, F, U, Urel, U_q, U_k, U_v, U_o [, taylor_pre, taylor_post], rank_<col>...
+`rank_<col>` is 1 for the largest value (ties share the smallest rank, "min" method); NaN stays NaN.
+
+Where the columns come from (docs/CONTRACTS.md "Per-head tables"):
+    importance_pre.jsonl   → I_pre (+ taylor_pre)     `peftlab measure RUN --steps importance_pre`   required
+    update.jsonl (kind=head) → U, Urel, U_q..U_o      `peftlab measure RUN --steps update`           required
+    gradfisher_pre.jsonl   → G, F                     `peftlab measure RUN --steps gradfisher_pre`   optional
+    importance_post.jsonl  → I_post (+ taylor_post)   `peftlab measure RUN --steps importance_post`  optional
+A missing optional file leaves its columns out and adds a note; a missing required file is a
+PeftlabError naming the command that writes it. Reads tables only — never a model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from peftlab.errors import PeftlabError
+from peftlab.io import read_jsonl
+
+VALUE_COLUMNS = ("I_pre", "I_post", "G", "F", "U", "Urel", "U_q", "U_k", "U_v", "U_o", "taylor_pre", "taylor_post")
+UPDATE_COLUMNS = ("U", "Urel", "U_q", "U_k", "U_v", "U_o")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One measurement file: which step writes it and which heads.csv columns it fills."""
+
+    file: str
+    step: str
+    required: bool
+    what: str
+
+
+SOURCES = {
+    "importance_pre": Source("importance_pre.jsonl", "importance_pre", True, "head importance on θ0"),
+    "update": Source("update.jsonl", "update", True, "per-head weight update"),
+    "gradfisher_pre": Source("gradfisher_pre.jsonl", "gradfisher_pre", False, "gate gradient/Fisher on θ0"),
+    "importance_post": Source("importance_post.jsonl", "importance_post", False, "head importance on θ1"),
+}
+
+
+def measure_command(run_dir: str | Path, steps: list[str]) -> str:
+    """The exact CLI command that writes the given measurement steps of a run."""
+    return f"peftlab measure {run_dir} --steps {','.join(steps)}"
+
+
+@dataclass
+class HeadsTable:
+    """The per-head table of one run plus what was missing."""
+
+    heads: pd.DataFrame  # one row per head, columns as in the module docstring
+    n_layers: int
+    n_heads: int  # heads per layer
+    notes: list[str] = field(default_factory=list)  # one line per missing optional input
+    theta0: str | None = None  # how θ0 was prepared for the pre measurements ("probe" | "init")
+
+    @property
+    def n_total(self) -> int:
+        return self.n_layers * self.n_heads
+
+
+def _read_head_rows(path: Path) -> pd.DataFrame:
+    rows = read_jsonl(path)
+    if path.name == "update.jsonl":
+        rows = [r for r in rows if r.get("kind", "head") == "head"]  # kind="ffn" lines are per-layer context
+    if not rows:
+        raise PeftlabError(f"'{path}' has no head rows; re-run its step with --force")
+    frame = pd.DataFrame(rows)
+    for key in ("layer", "head"):
+        if key not in frame or frame[key].isna().any():
+            raise PeftlabError(f"'{path}' has rows without '{key}'; re-run its step with --force")
+    frame["layer"] = frame["layer"].astype(int)
+    frame["head"] = frame["head"].astype(int)
+    if frame.duplicated(["layer", "head"]).any():
+        raise PeftlabError(f"'{path}' lists a head twice; re-run its step with --force")
+    return frame
+
+
+def _numeric(series: pd.Series) -> pd.Series:
+    return pd.to_numeric(series, errors="coerce").astype(float)  # None → NaN
+
+
+def add_ranks(heads: pd.DataFrame) -> pd.DataFrame:
+    """Append `rank_<col>` for every value column: 1 = largest, ties share the smallest rank."""
+    out = heads.copy()
+    for col in [c for c in VALUE_COLUMNS if c in heads]:
+        out[f"rank_{col}"] = heads[col].rank(ascending=False, method="min").astype("Int64")
+    return out
+
+
+def load_heads(run_dir: str | Path) -> HeadsTable:
+    """Read a run's measurement files into a `HeadsTable` (ranks included).
+
+    Raises PeftlabError when a required file is missing (naming the `peftlab measure` command that
+    writes it) or when the files disagree on the set of heads.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise PeftlabError(f"run directory '{run_dir}' does not exist; check the path or run `peftlab train` first")
+    missing_required = [s for s in SOURCES.values() if s.required and not (run_dir / s.file).is_file()]
+    if missing_required:
+        files = ", ".join(s.file for s in missing_required)
+        steps = [s.step for s in missing_required]
+        if not (run_dir / "eval_subset.json").is_file() and "importance_pre" in steps:
+            steps = ["subset"] + steps
+        raise PeftlabError(f"'{run_dir}' has no {files}; produce it with: {measure_command(run_dir, steps)}")
+
+    notes: list[str] = []
+    frames: dict[str, pd.DataFrame] = {}
+    for key, source in SOURCES.items():
+        path = run_dir / source.file
+        if path.is_file():
+            frames[key] = _read_head_rows(path)
+        else:
+            notes.append(f"{source.file} missing: no {source.what} columns; produce it with: "
+                         f"{measure_command(run_dir, [source.step])}")
+
+    pre = frames["importance_pre"]
+    grid = pre[["layer", "head"]]
+    n_layers, n_heads = int(grid["layer"].max()) + 1, int(grid["head"].max()) + 1
+    if len(grid) != n_layers * n_heads:
+        rerun = measure_command(run_dir, ["importance_pre"])
+        raise PeftlabError(f"'{run_dir / 'importance_pre.jsonl'}' covers {len(grid)} heads, not a full "
+                           f"{n_layers} × {n_heads} grid; re-run: {rerun} --force")
+    expected = set(map(tuple, grid.to_numpy()))
+    for key, frame in frames.items():
+        if set(map(tuple, frame[["layer", "head"]].to_numpy())) != expected:
+            raise PeftlabError(f"'{run_dir / SOURCES[key].file}' lists other heads than importance_pre.jsonl "
+                               f"({len(frame)} vs {len(grid)}); re-run: {measure_command(run_dir, [key])} --force")
+
+    heads = grid.sort_values(["layer", "head"]).reset_index(drop=True)
+    theta0 = None
+
+    def merge(frame: pd.DataFrame, columns: dict[str, str]) -> None:
+        nonlocal heads
+        present = {src: dst for src, dst in columns.items() if src in frame and frame[src].notna().any()}
+        part = frame[["layer", "head", *present]].rename(columns=present)
+        for dst in present.values():
+            part[dst] = _numeric(part[dst])
+        heads = heads.merge(part, on=["layer", "head"], how="left")
+
+    merge(pre, {"I": "I_pre", "taylor": "taylor_pre"})
+    if "I_pre" not in heads:
+        raise PeftlabError(f"'{run_dir / 'importance_pre.jsonl'}' has no exact importance I (only taylor?); run: "
+                           f"{measure_command(run_dir, ['importance_pre'])} --importance both --force")
+    if "theta0" in pre and pre["theta0"].notna().any():
+        theta0 = str(pre["theta0"].dropna().iloc[0])
+    if "importance_post" in frames:
+        merge(frames["importance_post"], {"I": "I_post", "taylor": "taylor_post"})
+    if "gradfisher_pre" in frames:
+        merge(frames["gradfisher_pre"], {"G": "G", "F": "F"})
+    merge(frames["update"], {c: c for c in UPDATE_COLUMNS})
+    if "U" not in heads:
+        raise PeftlabError(f"'{run_dir / 'update.jsonl'}' has no U values; re-run: "
+                           f"{measure_command(run_dir, ['update'])} --force")
+    if "taylor_pre" not in heads and "taylor_post" not in heads:
+        notes.append("no taylor importance measured (run peftlab measure with --importance both to add it)")
+
+    ordered = ["layer", "head", *[c for c in VALUE_COLUMNS if c in heads]]
+    return HeadsTable(add_ranks(heads[ordered]), n_layers, n_heads, notes, theta0)
+
+
+# --- run metadata -------------------------------------------------------------------------------
+
+_LABEL = re.compile(r"^(?P<dir>.+?)(?:_r(?P<rank>\d+))?$")
+
+
+@dataclass
+class RunMeta:
+    """What the analysis needs to know about a run, read from its JSON files (no model)."""
+
+    run_dir: Path
+    task: str
+    method: str  # registry key, e.g. "lora"
+    dir_name: str  # run-dir component, e.g. "LoRA"
+    seed: int
+    rank: int | None  # None for full-rank methods
+    model: str | None  # None = packaged default model
+    final: dict[str, Any] | None  # final_metrics.json
+
+    @property
+    def label(self) -> str:
+        """'FFT', 'LoRA_r8', 'PEFT-LoRA_r8': how plots and tables name the method."""
+        return f"{self.dir_name}_r{self.rank}" if self.rank is not None else self.dir_name
+
+    @property
+    def score(self) -> float | None:
+        return None if not self.final else self.final.get("score")
+
+    @property
+    def main_metric(self) -> str | None:
+        return None if not self.final else self.final.get("main_metric")
+
+    @property
+    def model_name(self) -> str:
+        return self.model or "packaged all-MiniLM-L6-v2"
+
+
+def read_run_meta(run_dir: str | Path) -> RunMeta:
+    """Task, method, seed, rank, model and final metrics of a run directory."""
+    from peftlab.runs import read_final_metrics, read_run_config
+
+    run_dir = Path(run_dir)
+    info = read_run_config(run_dir)
+    config = info.get("config", {})
+    match = re.fullmatch(r"seed(\d+)(?:_r(\d+))?", run_dir.name)
+    rank = int(match.group(2)) if match and match.group(2) else None
+    return RunMeta(run_dir=run_dir, task=str(info.get("task") or config.get("task")),
+                   method=str(info.get("method") or config.get("method")), dir_name=run_dir.parent.parent.name,
+                   seed=int(config.get("seed", match.group(1) if match else 0)), rank=rank,
+                   model=config.get("model"), final=read_final_metrics(run_dir))
+
+
+def loss_unit(task: str) -> str:
+    """'nats, CE' for classification, 'MSE' for regression tasks: the unit of I = ΔL."""
+    from peftlab.tasks import get_task
+
+    try:
+        return "MSE" if get_task(task).is_regression else "nats, CE"
+    except PeftlabError:
+        return "nats, CE"
+
+
+def parse_label(label: str) -> tuple[str, int | None]:
+    """'LoRA_r8' → ('LoRA', 8); 'FFT' → ('FFT', None)."""
+    match = _LABEL.match(label.strip())
+    if not match:
+        raise PeftlabError(f"cannot read method label '{label}'; use e.g. FFT, LoRA_r8, PEFT-LoRA_r8")
+    rank = match.group("rank")
+    return match.group("dir"), (int(rank) if rank else None)
+
+
+def train_command(task: str, dir_name: str, seed: int, rank: int | None, out: str | Path) -> str:
+    """The `peftlab train` command that creates a run of this label (method key = dir name, lower-cased)."""
+    cmd = f"peftlab train --task {task} --method {dir_name.lower()} --seed {seed}"
+    if rank is not None:
+        cmd += f" --rank {rank}"
+    return cmd + f" --out {out}"
+
+
+def run_dir_for_label(out: str | Path, task: str, label: str, seed: int) -> Path:
+    """`<out>/<DirName>/<TASK>/seed<S>[_r<R>]` for a label like 'LoRA_r8' (dir name matched case-insensitively)."""
+    dir_name, rank = parse_label(label)
+    out = Path(out)
+    if out.is_dir():
+        for child in out.iterdir():
+            if child.is_dir() and child.name.lower() == dir_name.lower():
+                dir_name = child.name
+                break
+    name = f"seed{seed}_r{rank}" if rank is not None else f"seed{seed}"
+    return out / dir_name / task / name
+
+
+def canonical_task(task: str) -> str:
+    """'rte' → 'RTE' via the task registry (unknown names raise its PeftlabError)."""
+    from peftlab.tasks import get_task
+
+    return get_task(task).name
+
+
+def head_label(layer: int, head: int) -> str:
+    """'L{layer}H{head}', 0-based, as figures annotate heads."""
+    return f"L{int(layer)}H{int(head)}"
+
+
+def as_float_list(values) -> list[float | None]:
+    """JSON-ready floats (NaN → None)."""
+    return [None if (v is None or (isinstance(v, float) and np.isnan(v))) else float(v) for v in values]

@@ -1,0 +1,141 @@
+"""Evaluating a model over a fixed list of batches: input checks, subset means, default metrics, progress.
+
+A *batch* is a dict of tensors as `peftlab.heads.subset.tokenize_batches` builds it:
+`input_ids`, `attention_mask` [, `token_type_ids`] and `labels` (int64 class ids, or float32 for
+regression). Every head measurement averages over ALL examples of the subset, so batch means are
+weighted by batch size:
+
+    L = Σ_b n_b · loss_b / Σ_b n_b        (loss_b = the model's own mean loss on batch b)
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from peftlab.errors import PeftlabError
+
+MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+def check_batches(batches: Sequence[dict]) -> int:
+    """Number of examples in `batches`; PeftlabError when a batch lacks `input_ids` or `labels`."""
+    if not batches:
+        raise PeftlabError("no batches to measure on; pass a non-empty subset (e.g. --subset-size 256)")
+    n_examples = 0
+    for index, batch in enumerate(batches):
+        missing = [key for key in ("input_ids", "labels") if key not in batch]
+        if missing:
+            raise PeftlabError(
+                f"batch {index} has no {', '.join(missing)}; build batches with "
+                f"peftlab.heads.subset.tokenize_batches (labels are needed for the loss)"
+            )
+        n_examples += int(batch["input_ids"].shape[0])
+    return n_examples
+
+
+def to_device(batch: dict, device) -> dict:
+    """The batch with every tensor moved to `device`."""
+    return {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy = mean_i [argmax_c logits_ic == label_i] (scikit-learn)."""
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(labels.cpu().numpy(), logits.argmax(-1).cpu().numpy()))
+
+
+def pearson(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Pearson r between the regression output logits[:, 0] and the labels (scipy); nan if constant."""
+    import warnings
+
+    from scipy.stats import pearsonr
+
+    predictions = logits.reshape(len(labels), -1)[:, 0].double().cpu().numpy()  # [N, 1] -> [N]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: r is undefined, reported as nan
+        return float(pearsonr(predictions, labels.double().cpu().numpy())[0])
+
+
+def default_metric(num_labels: int) -> tuple[str, MetricFn]:
+    """("accuracy", accuracy) for classification, ("pearson", pearson) for regression (num_labels = 1)."""
+    return ("pearson", pearson) if num_labels == 1 else ("accuracy", accuracy)
+
+
+class SubsetScore:
+    """Accumulates the subset-mean loss and the logits of every example, batch by batch."""
+
+    def __init__(self):
+        self.loss_sum = 0.0
+        self.n_examples = 0
+        self.logits: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n_rows = int(labels.shape[0])
+        self.loss_sum += float(loss) * n_rows  # loss is the batch mean; weight by batch size
+        self.n_examples += n_rows
+        self.logits.append(logits.detach().float().cpu())
+        self.labels.append(labels.detach().cpu())
+
+    @property
+    def loss(self) -> float:
+        """L = Σ_b n_b · loss_b / Σ_b n_b."""
+        return self.loss_sum / self.n_examples
+
+    def metric(self, metric_fn: MetricFn) -> float:
+        return float(metric_fn(torch.cat(self.logits), torch.cat(self.labels)))
+
+
+@contextmanager
+def progress_bar(total: int, description: str, enabled: bool = True,
+                 on_progress: Callable[[int, int], None] | None = None) -> Iterator[Callable[[int], None]]:
+    """Yields `advance(n)`; draws a rich bar on a terminal (stderr) and calls `on_progress(done, total)`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    show = enabled and sys.stderr.isatty()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    done = 0
+    with Progress(*columns, console=Console(stderr=True), disable=not show, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            bar.advance(task, n)
+            if on_progress is not None:
+                on_progress(done, total)
+
+        yield advance
+
+
+@contextmanager
+def measurement_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode (dropout off) and no KV cache for the duration; the previous state is restored after.
+
+    Measurements are only defined without dropout, and a decoder's KV cache would make a re-run
+    layer attend to keys of an earlier run.
+    """
+    was_training = model.training
+    config = getattr(model, "config", None)
+    had_cache = getattr(config, "use_cache", None)
+    model.eval()
+    if had_cache:
+        config.use_cache = False
+    try:
+        yield model
+    finally:
+        if had_cache:
+            config.use_cache = had_cache
+        model.train(was_training)

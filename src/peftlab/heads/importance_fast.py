@@ -1,0 +1,153 @@
+"""Exact head importance, fast: the same numbers as the naive path with far fewer FLOPs.
+
+Why it is exact: ablating head h of layer l (gate 0 on its slice of the o-proj input) changes
+nothing before the o-proj of layer l. So, per batch:
+  1. one recorded forward keeps each layer's call (masks, position encodings) and its input x_l
+     (heads/layer_replay.py), plus the base loss and logits;
+  2. per layer l, the attention core runs once (o-proj input ctx_l, shared by all heads of l);
+  3. per head h: ctx_l with head h's d_head columns zeroed → the position-wise layer tail
+     (o-proj, residual, norms, FFN; `ArchSpec.tail_kind/tail_paths`) → layers l+1 .. L-2 in full →
+     the last layer's attention core on all positions but its tail only at the position the
+     classifier reads (`ArchSpec.read_position`) → the model's own head and loss.
+All modules are the model's own (LoRA/PEFT wrappers included), called on the same inputs, so the
+results equal the naive path up to float summation order (|ΔI| ~ 1e-7 in fp32).
+
+Cost per head of layer l, in units of one layer on the full batch: ~0.7 (tail) + (L-2-l) full layers
++ ~0.3 (last attention core); ~0 for l = L-1. For 6 layers that is ≈ 2.3× fewer FLOPs than the naive
+L layers per head.
+
+Memory: the layer inputs x_l of every batch are kept when they fit in `memory_mb`
+(L · N · T · hidden floats); otherwise only the current layer's are kept and each layer is re-run
+once per batch to advance them (one extra layer-forward per layer and batch).
+
+Self-checks, before any row is produced: on every batch, each layer's input must be the previous
+layer's output, no KV cache may be passed, and the machinery restarted at the last layer must
+reproduce the real forward's logits; on the first batch also when restarted at layer L-2. If any check
+fails (an unknown architecture, DeBERTa-v2 with a conv after layer 0, a classifier that pools several
+positions), a warning is issued and the naive path computes the rows (`impl: "naive"`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from peftlab.arch import head_shape
+from peftlab.heads.batches import MetricFn, SubsetScore, check_batches, measurement_mode, model_device, \
+    progress_bar, to_device
+from peftlab.heads.importance import importance_row, iter_naive_importance, resolve_metric
+from peftlab.heads.layer_replay import BatchRecord, LayerReplay
+
+
+def _close(fast: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Equal up to float rounding: |a - b| ≤ 1000·eps·(1 + |b|), eps of the dtype (fp32: 1.2e-4 relative)."""
+    eps = torch.finfo(reference.dtype).eps
+    return bool(torch.allclose(fast, reference, rtol=1000 * eps, atol=1000 * eps))
+
+
+def _self_check(replay: LayerReplay, record: BatchRecord, from_earlier_layer: bool) -> list[str]:
+    """Problems found when the replay machinery (no ablation) is compared with the real forward."""
+    problems = list(record.problems)
+    if problems:
+        return problems
+    last = replay.n_layers - 1
+    logits, _ = replay.forward_from(record, last, record.layer_inputs[last], record.last_ctx)
+    if not _close(logits, record.logits):
+        problems.append("restarting at the last layer does not reproduce the model's logits "
+                        "(does the classifier read more than one position?)")
+    if from_earlier_layer and last > 0:
+        # Layer L-2 (or 0 when its input is not kept) exercises every other piece: a full-length tail,
+        # replayed layers and the last layer's attention core.
+        start = last - 1 if record.layer_inputs[last - 1] is not None else 0
+        x = record.layer_inputs[start]
+        logits, _ = replay.forward_from(record, start, x, replay.attention_ctx(start, x, record.calls[start]))
+        if not _close(logits, record.logits):
+            problems.append(f"restarting at layer {start} does not reproduce the model's logits")
+    return problems
+
+
+def _layer_input_bytes(model: nn.Module, batches: Sequence[dict], n_layers: int) -> int:
+    """Bytes of every layer's input for every batch: L · Σ_b (B_b · T_b) · hidden · element size."""
+    hidden = head_shape(model).hidden
+    element = next(model.parameters()).element_size()
+    return sum(int(batch["input_ids"].numel()) for batch in batches) * hidden * n_layers * element
+
+
+def iter_fast_importance(model: nn.Module, batches: Sequence[dict], metric_fn: MetricFn | None = None,
+                         metric_name: str | None = None, done: Iterable[tuple[int, int]] = (),
+                         progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
+                         memory_mb: float = 1024.0) -> Iterator[dict]:
+    """Yield exact-importance rows (see heads/importance.py) per head not in `done`, in (layer, head) order.
+
+    Rows of layer l are yielded once layer l is finished on every batch.
+    """
+    check_batches(batches)
+    name, fn = resolve_metric(model, metric_fn, metric_name)
+    done = set(done)
+    replay = LayerReplay(model)
+    n_layers, n_heads, d_head = replay.n_layers, replay.shape.n_heads, replay.shape.d_head
+    todo = {layer: [head for head in range(n_heads) if (layer, head) not in done] for layer in range(n_layers)}
+    n_todo = sum(len(heads) for heads in todo.values())
+
+    def fall_back(reason: str) -> Iterator[dict]:
+        warnings.warn(f"fast exact importance is not exact for this model ({reason}); using the naive path",
+                      stacklevel=3)
+        return iter_naive_importance(model, batches, metric_fn, metric_name, done, progress, on_progress)
+
+    if replay.unsupported:
+        yield from fall_back(replay.unsupported)
+        return
+
+    keep_inputs = _layer_input_bytes(model, batches, n_layers) <= memory_mb * 2**20
+    device = model_device(model)
+    with measurement_mode(model), torch.no_grad(), \
+            progress_bar(len(batches) * (1 + n_todo), "importance (fast)", progress, on_progress) as advance:
+        # 1. Record every batch once (the base pass) and check that replaying reproduces it.
+        records: list[BatchRecord] = []
+        base = SubsetScore()
+        for index, batch in enumerate(batches):
+            record = replay.record(to_device(batch, device), keep_inputs)
+            problems = _self_check(replay, record, from_earlier_layer=index == 0)
+            if problems:
+                break
+            record.last_ctx = None  # only needed by the self-check
+            if not keep_inputs:
+                record.layer_inputs[n_layers - 1] = None
+            base.add(record.loss, record.logits, record.labels)
+            records.append(record)
+            advance(1)
+        else:
+            problems = []
+    if problems:
+        yield from fall_back("; ".join(problems))
+        return
+
+    with measurement_mode(model), torch.no_grad(), \
+            progress_bar(len(batches) * n_todo, "importance (fast)", progress, on_progress) as advance:
+        # 2. Layer by layer: one attention core per batch, then every head of the layer.
+        current = [record.layer_inputs[0] for record in records]  # x_l of each batch when inputs are not kept
+        for layer in range(n_layers):
+            heads = todo[layer]
+            scores = {head: SubsetScore() for head in heads}
+            for index, record in enumerate(records):
+                call = record.calls[layer]
+                if keep_inputs:
+                    x = record.layer_inputs[layer]
+                    ctx = replay.attention_ctx(layer, x, call) if heads else None
+                else:
+                    x = current[index]
+                    current[index], ctx = replay.run_layer(layer, x, call, with_ctx=True)
+                for head in heads:
+                    n_rows, seq_len = ctx.shape[:2]
+                    ablated = ctx.clone()
+                    ablated.view(n_rows, seq_len, n_heads, d_head)[:, :, head] = 0  # [B, T, H·d] as [B, T, H, d]
+                    logits, loss = replay.forward_from(record, layer, x, ablated)
+                    scores[head].add(loss, logits, record.labels)
+                    advance(1)
+                if keep_inputs:
+                    record.layer_inputs[layer] = None  # not needed any more; free as we go
+            for head in heads:
+                yield importance_row(layer, head, base, scores[head], name, fn, "fast")

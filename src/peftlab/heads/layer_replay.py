@@ -1,0 +1,294 @@
+"""Re-running a model's transformer layers one at a time, so an ablation can start inside layer l.
+
+Used by `importance_fast.py`. Everything here runs the Hugging Face modules themselves; nothing of
+an attention implementation is re-written:
+
+- `record(batch)` runs the model once with hooks and keeps, per layer, the exact call it received
+  (positional + keyword arguments: masks, rotary / relative position embeddings, ...) and the
+  structure of what it returned. Any layer can then be re-run on other hidden states with
+  `LayerCall.invoke(layer, hidden)`, under the model's own masks and position encodings.
+- `attention_ctx` runs a layer only up to its o-proj input (a pre-hook raises `_StopForward`), i.e.
+  the attention core (QKV, scores, softmax·V) but none of o-proj / FFN.
+- `tail` is the position-wise rest of a layer given the o-proj input, with the modules named in the
+  family's `ArchSpec.tail_kind / tail_paths` (the only architecture-specific part, as data).
+- `head` runs the model's own forward with every layer swapped for a stub that returns given final
+  hidden states, so final norms, poolers, classifier and loss are the model's own.
+
+Assumptions, each checked on every batch by `record` + the self-checks in `importance_fast.py`:
+eval mode (dropout off), the output of layer k is the input of layer k+1 unchanged (not so for
+DeBERTa-v2 with `conv_kernel_size > 0`, which adds a conv after layer 0), no KV cache, and the
+classifier reads one position per row (`ArchSpec.read_position`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from peftlab.arch import find_layers, get_arch, get_submodule, head_shape
+from peftlab.errors import PeftlabError
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook on the o-proj to end a layer's forward once its input is known."""
+
+    def __init__(self, ctx: torch.Tensor):
+        super().__init__("o-proj reached")
+        self.ctx = ctx
+
+
+def _first_input(args: tuple, kwargs: dict, keys: tuple[str, ...]) -> tuple[torch.Tensor, str | None]:
+    """(tensor, keyword or None if positional) of a module call's main input."""
+    if args:
+        return args[0], None
+    for key in keys:
+        if key in kwargs:
+            return kwargs[key], key
+    raise PeftlabError(
+        f"could not find the main input among keywords {sorted(kwargs)}; check the paths in peftlab/arch.py"
+    )
+
+
+@dataclass
+class LayerCall:
+    """One layer's recorded call with the hidden states taken out, and the shape of its output."""
+
+    rest_args: tuple  # positional arguments after the hidden states
+    kwargs: dict  # keyword arguments (without the hidden states)
+    hidden_key: str | None  # None: hidden states were the first positional argument
+    output_tail: tuple | None = None  # None: the layer returns a tensor; else the tuple's items after [0]
+
+    def invoke(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Run `layer` on `hidden` with the recorded arguments; returns its output hidden states."""
+        if self.hidden_key is None:
+            output = layer(hidden, *self.rest_args, **self.kwargs)
+        else:
+            output = layer(*self.rest_args, **{**self.kwargs, self.hidden_key: hidden})
+        return output if isinstance(output, torch.Tensor) else output[0]
+
+    def wrap(self, hidden: torch.Tensor):
+        """`hidden` in the structure the layer returns (tensor, or tuple with the recorded extras)."""
+        return hidden if self.output_tail is None else (hidden, *self.output_tail)
+
+
+@dataclass
+class BatchRecord:
+    """What one recorded forward pass of a batch keeps."""
+
+    inputs: dict  # model inputs on the model's device, labels included
+    calls: list[LayerCall]
+    layer_inputs: list[torch.Tensor | None]  # [B, T, hidden] entering each layer (None when not kept)
+    last_ctx: torch.Tensor  # [B, T, n_heads·d_head] o-proj input of the last layer
+    read: torch.Tensor  # [B] position the classifier reads in each row
+    logits: torch.Tensor
+    loss: torch.Tensor
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.inputs["labels"]
+
+
+class _FixedOutputLayer(nn.Module):
+    """Stands in for a layer: ignores its inputs and returns `output`; other attributes come from the layer."""
+
+    def __init__(self, original: nn.Module, output):
+        super().__init__()
+        object.__setattr__(self, "_original", original)  # not registered: it is not our child module
+        object.__setattr__(self, "_output", output)
+
+    def forward(self, *args, **kwargs):
+        return self._output
+
+    def __getattr__(self, name):
+        # Some models read layer attributes in their loop (e.g. an attention type); answer for the layer.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_original"), name)
+
+
+def read_positions(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B] position whose final hidden state the classifier reads.
+
+    "first": 0 ([CLS]). "last": the rightmost token that is not `pad_token_id`, the rule of HF's
+    decoder sequence classifiers; the last position when the model has no pad token.
+    """
+    n_rows, seq_len = input_ids.shape
+    if get_arch(model).read_position == "first":
+        return torch.zeros(n_rows, dtype=torch.long, device=input_ids.device)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    pad_id = getattr(config, "pad_token_id", None)
+    if pad_id is None:
+        return torch.full((n_rows,), seq_len - 1, dtype=torch.long, device=input_ids.device)
+    positions = torch.arange(seq_len, device=input_ids.device)
+    return (positions * (input_ids != pad_id)).argmax(-1)
+
+
+def take_rows(values: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """values[b, read[b]] for every row b: [B, T, C] -> [B, 1, C]."""
+    return values[torch.arange(values.shape[0], device=values.device), read].unsqueeze(1)
+
+
+class LayerReplay:
+    """Runs single layers, layer tails and the model head of `model` (eval mode, no grad)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.spec = get_arch(model)
+        self.shape = head_shape(model)
+        _, self.layers = find_layers(model)
+        self.n_layers = len(self.layers)
+        self.unsupported: str | None = None
+        if self.spec.tail_kind not in ("post_ln", "pre_ln") or len(self.spec.tail_paths) != 3:
+            self.unsupported = f"ArchSpec '{self.spec.family}' has no layer tail (tail_kind/tail_paths)"
+
+    def o_module(self, layer: int) -> nn.Module:
+        return get_submodule(self.layers[layer], self.spec.o_path)
+
+    # -- recording ---------------------------------------------------------------------------------
+
+    def record(self, inputs: dict, keep_layer_inputs: bool) -> BatchRecord:
+        """Run the model on `inputs` once, keeping each layer's call (and input if `keep_layer_inputs`)."""
+        from transformers.cache_utils import Cache
+
+        n_layers = self.n_layers
+        calls: list[LayerCall | None] = [None] * n_layers
+        layer_inputs: list[torch.Tensor | None] = [None] * n_layers
+        last_ctx: list[torch.Tensor] = []
+        previous_output: list[torch.Tensor | None] = [None]
+        problems: list[str] = []
+
+        def before(layer: int):
+            def hook(module, args, kwargs):
+                hidden, key = _first_input(args, kwargs, ("hidden_states",))
+                rest = args[1:] if key is None else args
+                rest_kwargs = {k: v for k, v in kwargs.items() if k != key}
+                if any(isinstance(v, Cache) for v in (*rest, *rest_kwargs.values())):
+                    problems.append(f"layer {layer} gets a KV cache")
+                calls[layer] = LayerCall(rest, rest_kwargs, key)
+                if layer > 0 and not (hidden is previous_output[0] or torch.equal(hidden, previous_output[0])):
+                    problems.append(f"the input of layer {layer} is not the output of layer {layer - 1}")
+                if keep_layer_inputs or layer in (0, n_layers - 1):
+                    layer_inputs[layer] = hidden
+            return hook
+
+        def after(layer: int):
+            def hook(module, args, kwargs, output):
+                if isinstance(output, torch.Tensor):
+                    previous_output[0] = output
+                elif isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+                    previous_output[0] = output[0]
+                    calls[layer].output_tail = tuple(output[1:])
+                else:
+                    problems.append(f"layer {layer} returns {type(output).__name__}, not a tensor or tuple")
+            return hook
+
+        def last_o_input(module, args, kwargs):
+            last_ctx.append(_first_input(args, kwargs, ("input", "x", "hidden_states"))[0])
+
+        handles = []
+        try:
+            for layer, module in enumerate(self.layers):
+                handles.append(module.register_forward_pre_hook(before(layer), with_kwargs=True))
+                handles.append(module.register_forward_hook(after(layer), with_kwargs=True))
+            handles.append(self.o_module(n_layers - 1).register_forward_pre_hook(last_o_input, with_kwargs=True))
+            outputs = self.model(**inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if any(call is None for call in calls) or len(last_ctx) != 1:
+            problems.append("not every layer ran exactly once")
+        return BatchRecord(inputs=inputs, calls=calls, layer_inputs=layer_inputs,
+                           last_ctx=last_ctx[0] if last_ctx else None,
+                           read=read_positions(self.model, inputs["input_ids"]),
+                           logits=outputs.logits, loss=outputs.loss, problems=problems)
+
+    # -- pieces of a layer -------------------------------------------------------------------------
+
+    def run_layer(self, layer: int, hidden: torch.Tensor, call: LayerCall,
+                  with_ctx: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(output hidden states, o-proj input if `with_ctx`) of a full run of `layer` on `hidden`."""
+        seen: list[torch.Tensor] = []
+        handle = None
+        if with_ctx:
+            def keep(module, args, kwargs):
+                seen.append(_first_input(args, kwargs, ("input", "x", "hidden_states"))[0])
+            handle = self.o_module(layer).register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            output = call.invoke(self.layers[layer], hidden)
+        finally:
+            if handle is not None:
+                handle.remove()
+        return output, (seen[0] if with_ctx else None)
+
+    def attention_ctx(self, layer: int, hidden: torch.Tensor, call: LayerCall) -> torch.Tensor:
+        """[B, T, n_heads·d_head] o-proj input of `layer` on `hidden`; stops before o-proj and the FFN."""
+        def stop(module, args, kwargs):
+            raise _StopForward(_first_input(args, kwargs, ("input", "x", "hidden_states"))[0])
+
+        handle = self.o_module(layer).register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            call.invoke(self.layers[layer], hidden)
+        except _StopForward as stopped:
+            return stopped.ctx
+        finally:
+            handle.remove()
+        raise PeftlabError(f"layer {layer} never called its o-projection; check the 'o' path in peftlab/arch.py")
+
+    def tail(self, layer: int, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Layer output from its input `x` [B, T', hidden] and o-proj input `ctx` [B, T', n_heads·d_head].
+
+        post_ln (BERT family): a = attention.output(ctx, x) = LN(W_o·ctx + x); out = output(intermediate(a), a)
+        pre_ln (LLaMA, GPT-2): h = x + W_o·ctx;  out = h + mlp(norm(h))
+        Position-wise, so T' may be a subset of positions (the read row only).
+        """
+        module = self.layers[layer]
+        first, second, third = (get_submodule(module, path) for path in self.spec.tail_paths)
+        if self.spec.tail_kind == "post_ln":
+            attention_output = first(ctx, x)
+            return third(second(attention_output), attention_output)
+        hidden = x + first(ctx)
+        return hidden + third(second(hidden))
+
+    # -- the model head ----------------------------------------------------------------------------
+
+    def head(self, record: BatchRecord, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, loss) of the model whose last layer outputs `rows` [B, 1, hidden] at the read positions.
+
+        Other positions are zeros: the classifier reads only the read position (checked by the
+        self-checks in importance_fast.py, which compare with a real forward pass).
+        """
+        input_ids = record.inputs["input_ids"]
+        n_rows, seq_len = input_ids.shape
+        final = rows.new_zeros(n_rows, seq_len, rows.shape[-1])  # [B, T, hidden]
+        final[torch.arange(n_rows, device=final.device), record.read] = rows[:, 0]
+        originals = list(self.layers)
+        try:
+            for layer, original in enumerate(originals):
+                self.layers[layer] = _FixedOutputLayer(original, record.calls[layer].wrap(final))
+            outputs = self.model(**record.inputs)
+        finally:
+            for layer, original in enumerate(originals):
+                self.layers[layer] = original
+        return outputs.logits, outputs.loss
+
+    def forward_from(self, record: BatchRecord, layer: int, x: torch.Tensor,
+                     ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, loss) when layer `layer` gets input `x` and o-proj input `ctx` (e.g. with a head zeroed).
+
+        Layers after `layer` run in full except the last, of which only the attention core runs on
+        all positions and the tail on the read position alone.
+        """
+        last = self.n_layers - 1
+        if layer == last:
+            rows = self.tail(last, take_rows(x, record.read), take_rows(ctx, record.read))
+            return self.head(record, rows)
+        hidden = self.tail(layer, x, ctx)
+        for later in range(layer + 1, last):
+            hidden, _ = self.run_layer(later, hidden, record.calls[later])
+        last_ctx = self.attention_ctx(last, hidden, record.calls[last])
+        rows = self.tail(last, take_rows(hidden, record.read), take_rows(last_ctx, record.read))
+        return self.head(record, rows)

@@ -1,0 +1,121 @@
+"""LoRA through the PEFT library — the reference that peftlab's own LoRA is tested against.
+
+`target_modules` gets *full* module names from `peftlab.arch.target_module_names`: PEFT matches
+by exact name or `.suffix`, so a bare "dense" would also hit the FFN and the pooler.
+`modules_to_save` = the classifier modules: PEFT trains a copy (`modules_to_save.default`) and
+saves it with the adapter; it is not merged. θ1 is saved with PEFT's `save_pretrained`
+(`adapter_model.safetensors` + `adapter_config.json`) plus `peftlab_base.json` (fingerprint).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from peftlab.arch import classifier_module_names, get_arch, get_submodule, parse_targets, target_module_names
+from peftlab.errors import PeftlabError
+from peftlab.methods.base import (
+    FINGERPRINT_FILE,
+    Method,
+    base_fingerprint,
+    check_same_base,
+    move_files_into,
+    register_method,
+    require_file,
+    stash_fingerprint,
+    stashed_fingerprint,
+    staging_dir,
+    validate_low_rank,
+)
+
+ADAPTER = "default"  # PEFT's adapter name
+
+
+def peft_lora_config(model: nn.Module, cfg):
+    """The PEFT `LoraConfig` equivalent to peftlab's `lora` method with the same cfg."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=target_module_names(model, parse_targets(cfg.targets)),
+        modules_to_save=classifier_module_names(model),
+        task_type="SEQ_CLS",
+        fan_in_fan_out=get_arch(model).conv1d,  # GPT-2 Conv1D weights are [d_in, d_out]
+    )
+
+
+def peft_lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(HF module name, PEFT LoRA layer) for every adapted module of a PEFT model."""
+    from peft.tuners.lora import LoraLayer
+
+    hf_model = model.base_model.model  # PeftModel -> LoraModel -> the HF model, names as before wrapping
+    return [(name, module) for name, module in hf_model.named_modules()
+            if isinstance(module, LoraLayer) and ADAPTER in module.lora_A]
+
+
+@register_method
+class PeftLoraMethod(Method):
+    """LoRA via `peft.get_peft_model`, on the same canonical targets as `lora`."""
+
+    name = "peft-lora"
+    dir_name = "PEFT-LoRA"
+    low_rank = True
+
+    def apply(self, model: nn.Module, cfg) -> nn.Module:
+        from peft import get_peft_model
+
+        validate_low_rank(cfg)
+        config = peft_lora_config(model, cfg)
+        fingerprint = base_fingerprint(model)
+        # PEFT draws A from the global RNG: seed it from cfg.seed without disturbing the caller's RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.seed))
+            peft_model = get_peft_model(model, config)
+        stash_fingerprint(peft_model, fingerprint)
+        return peft_model
+
+    def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+        return [(name, param) for name, param in model.named_parameters()
+                if "lora_" in name or ".modules_to_save." in name]
+
+    def save_final(self, model: nn.Module, out_dir) -> None:
+        from peftlab.io import atomic_write_json
+
+        out_dir = Path(out_dir)
+        tmp = staging_dir(out_dir)
+        model.save_pretrained(tmp)
+        move_files_into(tmp, out_dir)
+        atomic_write_json(out_dir / FINGERPRINT_FILE, stashed_fingerprint(model))
+
+    def load_final(self, base_model: nn.Module, out_dir) -> nn.Module:
+        from peft import PeftModel
+
+        out_dir = Path(out_dir)
+        require_file(out_dir / "adapter_config.json", "PEFT adapter config")
+        saved = json.loads(require_file(out_dir / FINGERPRINT_FILE, "PEFT-LoRA base-model fingerprint").read_text())
+        check_same_base(saved, base_model, out_dir)
+        fingerprint = base_fingerprint(base_model)
+        model = PeftModel.from_pretrained(base_model, str(out_dir))
+        stash_fingerprint(model, fingerprint)
+        return model.eval()
+
+    def delta_weights(self, model_final: nn.Module, model_init: nn.Module) -> dict[str, torch.Tensor]:
+        """ΔW = scale · B @ A in fp32 (on the CPU) per adapted module (transposed for Conv1D), keyed by HF module name."""
+        deltas = {}
+        for name, layer in peft_lora_layers(model_final):
+            lora_A = layer.lora_A[ADAPTER].weight.detach().float()  # [r, d_in]
+            lora_B = layer.lora_B[ADAPTER].weight.detach().float()  # [d_out, r]
+            delta = (lora_B @ lora_A) * layer.scaling[ADAPTER]  # [d_out, d_in]
+            if layer.fan_in_fan_out:
+                delta = delta.T.contiguous()  # Conv1D layout [d_in, d_out]
+            init_weight = get_submodule(model_init, name).weight
+            if delta.shape != init_weight.shape:
+                raise PeftlabError(f"PEFT LoRA update of '{name}' has shape {tuple(delta.shape)} but θ0's weight "
+                                   f"is {tuple(init_weight.shape)}; pass the θ0 model of the same run")
+            deltas[name] = delta.cpu()
+        return deltas

@@ -1,0 +1,1 @@
+"""Pieces of the one training loop (`peftlab.train`): data preparation, sampler, Trainer subclass, callbacks."""

@@ -1,0 +1,91 @@
+"""TrainerCallbacks of the training loop: the metrics log, epoch-end checkpoints, the time ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from peftlab.io import append_jsonl, atomic_write_json
+
+TIMING_FILE = "peftlab_timing.json"
+
+
+def log_kind(logs: dict) -> str:
+    """'eval' for evaluation logs, 'summary' for the end-of-training summary, else 'train'."""
+    if any(key.startswith("eval_") for key in logs):
+        return "eval"
+    if "train_runtime" in logs:
+        return "summary"
+    return "train"
+
+
+class MetricsLogCallback(TrainerCallback):
+    """Append one JSON object per Trainer log (training step or evaluation) to `metrics.jsonl`."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # The Trainer's end-of-train summary is skipped: its train_loss/runtime cover only the last
+        # `train()` call, so after a resume they would disagree with an uninterrupted run.
+        # final_metrics.json holds the whole run's timing and mean training loss instead.
+        if logs and log_kind(logs) != "summary":
+            row = {"kind": log_kind(logs), "step": state.global_step, "epoch": state.epoch, **logs}
+            append_jsonl(self.path, row)
+
+
+class SaveAtEpochEndCallback(TrainerCallback):
+    """Checkpoint at every epoch end as well as every `save_steps` (the Trainer allows only one strategy)."""
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        control.should_save = True
+        return control
+
+
+class TimingCheckpointCallback(TrainerCallback):
+    """Write the time spent so far into each checkpoint, so a resumed run reports the total time.
+
+    `elapsed()` returns `{"train_s", "eval_s", "save_s"}` accumulated up to now (including the
+    time recorded in the checkpoint this run resumed from).
+    """
+
+    def __init__(self, elapsed):
+        self.elapsed = elapsed
+
+    def on_save(self, args, state, control, **kwargs):
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if checkpoint.is_dir():
+            atomic_write_json(checkpoint / TIMING_FILE, self.elapsed())
+
+
+def read_checkpoint_timing(checkpoint: Path | None) -> dict[str, float]:
+    zero = {"train_s": 0.0, "eval_s": 0.0, "save_s": 0.0}
+    if checkpoint is None or not (Path(checkpoint) / TIMING_FILE).is_file():
+        return zero
+    try:
+        data = json.loads((Path(checkpoint) / TIMING_FILE).read_text())
+    except ValueError:
+        return zero
+    return {key: float(data.get(key, 0.0)) for key in zero}
+
+
+class StopAfterStepCallback(TrainerCallback):
+    """Raise `KeyboardInterrupt` after optimizer step `step` (after any checkpoint at that step).
+
+    For tests and demos of resume: it behaves like a user pressing Ctrl-C mid-run.
+    """
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            raise KeyboardInterrupt(f"stopped after step {state.global_step}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # without a checkpoint at this step, stop right away (the next run resumes from the last one)
+        if state.global_step >= self.step and not control.should_save:
+            raise KeyboardInterrupt(f"stopped after step {state.global_step}")
+

@@ -1,0 +1,212 @@
+"""Exact head importance: fast == naive on every family; Taylor == finite differences; rows and errors."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+
+from peftlab.arch import target_module_names
+from peftlab.errors import PeftlabError
+from peftlab.heads.gate import ablation_gate, head_gate, ones_gate
+from peftlab.heads.importance import exact_importance, importance, iter_exact_importance, taylor_importance
+from peftlab.testing import FAMILIES, tiny_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROW_KEYS = ["layer", "head", "I", "loss_base", "loss_ablate", "metric_name", "metric_base", "metric_ablate",
+            "n_examples", "impl", "taylor"]
+
+
+def assert_same_rows(fast, naive, atol=1e-6):
+    assert [(r["layer"], r["head"]) for r in fast] == [(r["layer"], r["head"]) for r in naive]
+    for a, b in zip(fast, naive):
+        for key in ("loss_base", "loss_ablate", "metric_base", "metric_ablate"):
+            assert a[key] == pytest.approx(b[key], rel=2e-6, abs=atol), (a["layer"], a["head"], key)
+        # I is a difference of two losses: its rounding error scales with the losses, not with I
+        assert a["I"] == pytest.approx(b["I"], abs=atol + 2e-6 * abs(b["loss_base"])), (a["layer"], a["head"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_equals_naive(family, loud_tiny_model, tiny_batches):
+    model, batches = loud_tiny_model(family), tiny_batches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback to the naive path would warn: fail instead
+        fast = exact_importance(model, batches, impl="fast", progress=False)
+    naive = exact_importance(model, batches, impl="naive", progress=False)
+    assert [r["impl"] for r in fast] == ["fast"] * 8 and [r["impl"] for r in naive] == ["naive"] * 8
+    assert max(abs(r["I"]) for r in naive) > 1e-2  # heads matter in these models: the test can fail
+    assert_same_rows(fast, naive)
+    assert all(list(r) == ROW_KEYS and r["n_examples"] == 5 for r in fast)
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
+def test_fast_without_the_layer_input_cache_equals_naive(family, loud_tiny_model, tiny_batches):
+    model, batches = loud_tiny_model(family), tiny_batches()
+    streamed = exact_importance(model, batches, impl="fast", progress=False, memory_mb=0)
+    assert_same_rows(streamed, exact_importance(model, batches, impl="naive", progress=False))
+
+
+def test_naive_row_is_the_loss_with_the_head_gated_off(loud_tiny_model, tiny_batches):
+    model, batches = loud_tiny_model("roberta"), tiny_batches()
+    rows = exact_importance(model, batches, impl="naive", progress=False)
+    with torch.no_grad(), head_gate(model, ablation_gate(model, 1, 3)):
+        losses = [model(**b).loss * len(b["labels"]) for b in batches]
+    row = rows[1 * 4 + 3]
+    assert (row["layer"], row["head"]) == (1, 3)
+    assert row["loss_ablate"] == pytest.approx(float(sum(losses) / 5), abs=1e-6)
+    assert row["I"] == pytest.approx(row["loss_ablate"] - row["loss_base"], abs=1e-12)
+
+
+@pytest.mark.parametrize("family", ["bert", "qwen2"])
+def test_fast_equals_naive_for_regression_with_pearson(family, loud_tiny_model, tiny_batches):
+    model, batches = loud_tiny_model(family, num_labels=1), tiny_batches(regression=True)
+    fast = exact_importance(model, batches, impl="fast", progress=False)
+    naive = exact_importance(model, batches, impl="naive", progress=False)
+    assert fast[0]["metric_name"] == "pearson" and -1 <= fast[0]["metric_base"] <= 1
+    assert_same_rows(fast, naive)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_fast_equals_naive_with_peft_lora_on_every_matrix(family, loud_tiny_model, tiny_batches):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    targets = target_module_names(loud_tiny_model(family), ["q", "k", "v", "o", "ffn_in", "ffn_out"])
+    model = get_peft_model(loud_tiny_model(family), LoraConfig(r=4, target_modules=targets,
+                                                               init_lora_weights=False)).eval()
+    fast = exact_importance(model, tiny_batches(), impl="fast", progress=False)
+    assert_same_rows(fast, exact_importance(model, tiny_batches(), impl="naive", progress=False))
+
+
+def test_done_heads_are_skipped_and_the_rest_come_in_order(loud_tiny_model, tiny_batches):
+    model, batches = loud_tiny_model("llama"), tiny_batches()
+    done = {(0, 0), (0, 3), (1, 1)}
+    seen = []
+    rows = exact_importance(model, batches, impl="fast", done=done, on_head=seen.append, progress=False)
+    expected = [(layer, head) for layer in range(2) for head in range(4) if (layer, head) not in done]
+    assert [(r["layer"], r["head"]) for r in rows] == expected and seen == rows
+    full = {(r["layer"], r["head"]): r for r in exact_importance(model, batches, progress=False)}
+    assert all(r["I"] == full[(r["layer"], r["head"])]["I"] for r in rows)
+
+
+def test_layer_rows_are_yielded_before_later_layers_are_computed(loud_tiny_model, tiny_batches):
+    progress = []
+    rows = iter_exact_importance(loud_tiny_model("bert"), tiny_batches(), progress=False,
+                                 on_progress=lambda done, total: progress.append((done, total)))
+    first = next(rows)
+    assert (first["layer"], first["head"]) == (0, 0)
+    done_so_far, total = progress[-1]
+    assert done_so_far < total  # layer 1 has not run yet
+    assert len(list(rows)) == 7 and progress[-1][0] == progress[-1][1]
+
+
+def test_deberta_with_a_conv_after_layer_0_falls_back_to_naive(tiny_batches):
+    from transformers import AutoModelForSequenceClassification
+
+    config = tiny_config("deberta-v2")
+    config.conv_kernel_size = 3  # the encoder adds a conv after layer 0: layers do not simply chain
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(config).eval()
+    with pytest.warns(UserWarning, match="input of layer 1 is not the output of layer 0"):
+        rows = exact_importance(model, tiny_batches(), impl="fast", progress=False)
+    assert {r["impl"] for r in rows} == {"naive"}
+    assert_same_rows(rows, exact_importance(model, tiny_batches(), impl="naive", progress=False))
+
+
+def test_classifier_reading_all_positions_falls_back_to_naive(loud_tiny_model, tiny_batches):
+    model = loud_tiny_model("bert")
+    original = model.bert.pooler.forward
+    model.bert.pooler.forward = lambda hidden_states: original(hidden_states.mean(1, keepdim=True))  # mean pool
+    with pytest.warns(UserWarning, match="restarting at the last layer"):
+        rows = exact_importance(model, tiny_batches(), impl="fast", progress=False)
+    assert {r["impl"] for r in rows} == {"naive"}
+
+
+def _rms_norm_float64(module, hidden):
+    return module.weight * (hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + module.variance_epsilon))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_taylor_equals_finite_differences_of_the_subset_loss(family, loud_tiny_model, tiny_batches):
+    import types
+
+    model, batches = loud_tiny_model(family, dtype=torch.float64), tiny_batches()
+    for module in model.modules():  # LLaMA/Qwen2 RMSNorm upcasts to float32: too noisy for a 1e-6 step
+        if type(module).__name__.endswith("RMSNorm"):
+            module.forward = types.MethodType(_rms_norm_float64, module)
+    rows = taylor_importance(model, batches, progress=False)
+
+    def subset_loss(gate):
+        logits = []
+        with torch.no_grad(), head_gate(model, gate):
+            logits = torch.cat([model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                                for b in batches])
+        return torch.nn.functional.cross_entropy(logits, torch.cat([b["labels"] for b in batches]))
+
+    step = 1e-6
+    for row in rows:
+        plus, minus = ones_gate(model, dtype=torch.float64), ones_gate(model, dtype=torch.float64)
+        plus[row["layer"], row["head"]] += step
+        minus[row["layer"], row["head"]] -= step
+        finite = abs(float(subset_loss(plus) - subset_loss(minus)) / (2 * step))
+        assert row["taylor"] == pytest.approx(finite, rel=1e-4, abs=1e-8)
+        assert row["I"] == row["taylor"] and row["loss_ablate"] is None and row["impl"] == "taylor"
+    assert max(r["taylor"] for r in rows) > 1e-3
+
+
+def test_bad_impl_and_bad_batches_are_peftlab_errors(loud_tiny_model, tiny_batches):
+    model = loud_tiny_model("bert")
+    with pytest.raises(PeftlabError, match="unknown importance impl 'exact'.*fast, naive, taylor"):
+        importance(model, tiny_batches(), impl="exact")
+    with pytest.raises(PeftlabError, match="choose 'fast' or 'naive'"):
+        exact_importance(model, tiny_batches(), impl="taylor")
+    unlabeled = [{k: v for k, v in b.items() if k != "labels"} for b in tiny_batches()]
+    with pytest.raises(PeftlabError, match="batch 0 has no labels"):
+        exact_importance(model, unlabeled)
+    with pytest.raises(PeftlabError, match="no batches"):
+        exact_importance(model, [])
+
+
+def test_measuring_restores_training_mode_and_cache_setting(loud_tiny_model, tiny_batches):
+    model = loud_tiny_model("llama").train()
+    assert model.config.use_cache
+    exact_importance(model, tiny_batches(), progress=False)
+    assert model.training and model.config.use_cache
+
+
+def test_custom_metric_is_used(loud_tiny_model, tiny_batches):
+    def mean_logit(logits, labels):
+        return float(logits.mean())
+
+    rows = exact_importance(loud_tiny_model("gpt2"), tiny_batches(), metric_fn=mean_logit, progress=False)
+    assert rows[0]["metric_name"] == "mean_logit"
+    assert rows[0]["metric_base"] != rows[0]["metric_ablate"]
+
+
+@pytest.mark.slow
+def test_minilm_rte_smoke_fast_equals_naive(data_dir):
+    """Packaged MiniLM, 16 real RTE dev examples: fast vs naive on heads of the first, middle and last layer."""
+    from peftlab.heads.subset import tokenize_batches
+    from peftlab.models import load_model, load_tokenizer
+    from peftlab.tasks import load_split
+
+    data = load_split("rte", "dev", data_dir)
+    tokenizer = load_tokenizer(None)
+    batches = tokenize_batches(tokenizer, data.text_a[:16], data.text_b[:16], data.labels[:16], max_len=64,
+                               batch_size=16)
+    torch.manual_seed(0)
+    model = load_model(None, num_labels=2).eval()
+    with torch.no_grad():  # a non-trivial classifier, so that heads matter (the init one gives I ≈ 0)
+        model.classifier.weight.normal_(0, 2.0)
+    probe = [(0, 0), (2, 7), (5, 11)]
+    measured = set(probe) | {(layer, head) for layer in (4, 5) for head in range(12)}  # keeps the test < 20 s
+    skip = {(layer, head) for layer in range(6) for head in range(12)} - measured
+    fast = exact_importance(model, batches, impl="fast", progress=False, done=skip)
+    naive = exact_importance(model, batches, impl="naive", progress=False, done=skip | (measured - set(probe)))
+    assert len(fast) == 26 and fast[0]["n_examples"] == 16 and {r["impl"] for r in fast} == {"fast"}
+    by_head = {(r["layer"], r["head"]): r for r in fast}
+    assert_same_rows([by_head[h] for h in probe], naive, atol=1e-5)
+    assert max(abs(r["I"]) for r in fast) > 1e-4
