@@ -18,27 +18,11 @@ import pytest
 from peftlab.errors import PeftlabError
 from peftlab.heads.measure import STEPS, measure_run, parse_steps
 from peftlab.io import read_json, read_jsonl
+from peftlab.testing import write_generated_rte
 
 IMPORTANCE_KEYS = ["layer", "head", "I", "loss_base", "loss_ablate", "metric_name", "metric_base", "metric_ablate",
                    "n_examples", "theta0", "impl", "taylor"]
 GRADFISHER_KEYS = ["layer", "head", "G", "F", "n_examples", "batch_size", "per", "theta0"]
-WORDS = "the a cat dog sat ran over under house river quickly slowly green red big small old new".split()
-
-
-def write_rte(data_dir: Path, n_train: int, n_dev: int, words_per_row: int = 12) -> Path:
-    """RTE-layout files with generated sentences (deterministic); labels alternate."""
-    header = "index\tsentence1\tsentence2\tlabel\n"
-    labels = ("entailment", "not_entailment")
-    for split, n in (("train", n_train), ("dev", n_dev)):
-        lines = []
-        for i in range(n):
-            first = " ".join(WORDS[(i * 7 + k * 3) % len(WORDS)] for k in range(words_per_row))
-            second = " ".join(WORDS[(i * 5 + k) % len(WORDS)] for k in range(words_per_row // 2))
-            lines.append(f"{i}\t{first}.\t{second}.\t{labels[i % 2]}\n")
-        path = data_dir / "glue" / "RTE" / f"{split}.tsv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(header + "".join(lines))
-    return data_dir
 
 
 def train_tiny(model_dir: Path, data_dir: Path, out: Path, method: str, max_len: int = 32) -> Path:
@@ -68,7 +52,7 @@ def runs(tmp_path_factory):
     from peftlab.testing import save_tiny_model_dir
 
     root = tmp_path_factory.mktemp("measure")
-    data_dir = write_rte(root / "data", n_train=80, n_dev=40)
+    data_dir = write_generated_rte(root / "data", n_train=80, n_dev=40)
     model_dir = save_tiny_model_dir(root / "tiny-bert", "bert")
     out = root / "out"
     return {method: train_tiny(model_dir, data_dir, out, method) for method in ("fft", "lora", "peft-lora")}
@@ -180,7 +164,7 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, capsys):
     torch.manual_seed(0)
     AutoModelForSequenceClassification.from_config(config).save_pretrained(model_dir)
     load_tokenizer(None).save_pretrained(model_dir)
-    data_dir = write_rte(tmp_path / "data", n_train=200, n_dev=20, words_per_row=40)
+    data_dir = write_generated_rte(tmp_path / "data", n_train=200, n_dev=20, words_per_row=40)
     trained = train_tiny(model_dir, data_dir, tmp_path / "out", "fft", max_len=64)
     interrupted = _copy_run(trained, tmp_path / "interrupted" / "FFT" / "RTE" / "seed1")
     reference = _copy_run(trained, tmp_path / "reference" / "FFT" / "RTE" / "seed1")

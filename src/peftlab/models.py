@@ -6,6 +6,7 @@ The default model is the real pretrained all-MiniLM-L6-v2 shipped inside the PyP
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -67,6 +68,25 @@ def load_tokenizer(name_or_path: str | None):
     return tokenizer
 
 
+@contextlib.contextmanager
+def quiet_hf_loading():
+    """Silence transformers' "newly initialized" warning and per-tensor loading bar, then restore them.
+
+    Both are noise for peftlab: a fresh classifier is expected, and our own progress display is the bar.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar_was_on = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name_or_path: str | None, num_labels: int, problem_type: str | None = None, pad_token_id=None):
     """`AutoModelForSequenceClassification` with `num_labels` outputs (1 = regression), in fp32.
 
@@ -74,24 +94,20 @@ def load_model(name_or_path: str | None, num_labels: int, problem_type: str | No
     "newly initialized" warning from transformers is silenced; seeding is the caller's job.
     """
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
     path = resolve_model(name_or_path)
     kwargs = {"num_labels": num_labels}
     if problem_type:
         kwargs["problem_type"] = problem_type
-    # The "newly initialized classifier" warning and the per-tensor loading bar are noise here.
-    verbosity, bar_was_on = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        with quiet_hf_loading():
+            model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise PeftlabError(_not_a_model(path, err)) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
+    except RuntimeError as err:  # e.g. a checkpoint's classifier has another number of labels
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PeftlabError(f"could not load '{path}' with {num_labels} labels ({first}); "
+                           f"pass --model a base model without a task head of another size") from None
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     return model

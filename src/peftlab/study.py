@@ -75,8 +75,14 @@ def run_study(
     model: str | None = None,
     data_dir: str | None = None,
     console=None,
+    subset_size: int | None = None,
+    progress: bool = True,
 ) -> Path:
-    """Run every stage of a study and write `outputs/STUDY/<TASK>/<name>/report.html`; returns its path."""
+    """Run every stage of a study and write `outputs/STUDY/<TASK>/<name>/report.html`; returns its path.
+
+    `subset_size` overrides the profile's evaluation subset (tests use tiny data); `progress` shows the
+    per-step progress bars.
+    """
     from peftlab.analysis.analyze import analyze_run
     from peftlab.analysis.compare import compare_runs
     from peftlab.analysis.report import study_report
@@ -93,7 +99,9 @@ def run_study(
         raise PeftlabError("no seeds given; pass e.g. --seeds 1")
     plan = StudyPlan(get_task(task).name, list(methods), list(seeds), list(ranks), profile, out,
                      list(overrides or []), model, data_dir)
-    settings = PROFILES[profile]
+    settings = dict(PROFILES[profile])
+    if subset_size is not None:
+        settings["subset_size"] = int(subset_size)
     say = console.print if console is not None else print
     configs = _configs(plan)
     stage_seconds: dict[str, float] = {}
@@ -108,7 +116,8 @@ def run_study(
         run_dir = train_run(cfg)
         stage_seconds[f"train:{run_dir.name}:{cfg.method}"] = time.perf_counter() - t0
         t0 = stage(f"[{i}/{len(configs)}] measure {run_dir}")
-        measure_run(run_dir, importance=settings["importance"], subset_size=settings["subset_size"])
+        measure_run(run_dir, importance=settings["importance"], subset_size=settings["subset_size"],
+                    console=console, progress=progress)
         stage_seconds[f"measure:{run_dir.name}:{cfg.method}"] = time.perf_counter() - t0
         analyze_run(run_dir)
         run_dirs.append(run_dir)
@@ -135,11 +144,15 @@ def run_study(
         stage("aggregate across seeds")
         aggregate_dir = aggregate(plan.task, labels, plan.seeds, out=out)
     ranks_dir = None
-    if len(plan.ranks) > 1:
+    low_rank = [cfg.method for cfg in configs if _is_low_rank(cfg.method)]
+    if len(plan.ranks) > 1 and low_rank:
         from peftlab.analysis.ranks import compare_ranks
+        from peftlab.methods import get_method
 
+        # The first low-rank method of the study; its runs live under <out>/<dir_name>/.
         stage("compare ranks")
-        ranks_dir = compare_ranks(plan.task, plan.seeds[0], plan.ranks, out=out)
+        ranks_dir = compare_ranks(plan.task, plan.seeds[0], plan.ranks, out=out,
+                                  method=get_method(low_rank[0]).dir_name)
 
     study_dir = Path(out) / "STUDY" / plan.task / plan.name
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -150,6 +163,12 @@ def run_study(
     })
     report = study_report(study_dir, run_dirs, compare_dirs, aggregate_dir=aggregate_dir, ranks_dir=ranks_dir)
     return Path(report)
+
+
+def _is_low_rank(method_name: str) -> bool:
+    from peftlab.methods import get_method
+
+    return bool(get_method(method_name).low_rank)
 
 
 def _run_label(cfg) -> str:

@@ -74,3 +74,27 @@ def tiny_batch(batch_size: int = 3, seq_len: int = 7, vocab_size: int = 200, see
         input_ids[0, -pad_last:] = 0
         attention_mask[0, -pad_last:] = 0
     return input_ids, attention_mask
+
+
+GENERATED_WORDS = "the a cat dog sat ran over under house river quickly slowly green red big small old new".split()
+
+
+def write_generated_rte(data_dir: str | Path, n_train: int, n_dev: int, words_per_row: int = 12) -> Path:
+    """Write RTE-layout TSVs of deterministic generated sentence pairs (labels alternate); returns `data_dir`.
+
+    Enough rows for a real train → measure → analyze pipeline on a tiny model, without the real data.
+    """
+    data_dir = Path(data_dir)
+    words = GENERATED_WORDS
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    labels = ("entailment", "not_entailment")
+    for split, n_rows in (("train", n_train), ("dev", n_dev)):
+        lines = []
+        for i in range(n_rows):
+            first = " ".join(words[(i * 7 + k * 3) % len(words)] for k in range(words_per_row))
+            second = " ".join(words[(i * 5 + k) % len(words)] for k in range(words_per_row // 2))
+            lines.append(f"{i}\t{first}.\t{second}.\t{labels[i % 2]}\n")
+        path = data_dir / "glue" / "RTE" / f"{split}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + "".join(lines), encoding="utf-8")
+    return data_dir

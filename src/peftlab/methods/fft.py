@@ -52,20 +52,18 @@ class FullFineTuning(Method):
 
     def load_final(self, base_model: nn.Module, out_dir) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
-        from transformers.utils import logging as hf_logging
+
+        from peftlab.models import quiet_hf_loading
 
         out_dir = Path(out_dir)
         saved = json.loads(require_file(out_dir / FINGERPRINT_FILE, "FFT base-model fingerprint").read_text())
         check_same_base(saved, base_model, out_dir)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(out_dir, dtype=base_model.dtype)
+            with quiet_hf_loading():
+                model = AutoModelForSequenceClassification.from_pretrained(out_dir, dtype=base_model.dtype)
         except (OSError, ValueError) as err:
             raise PeftlabError(f"could not load the fine-tuned model in {out_dir} ({str(err).splitlines()[0]}); "
                                f"re-run training to rewrite ckpt_final") from None
-        finally:
-            hf_logging.set_verbosity(verbosity)
         return model.to(base_model.device).eval()
 
     def delta_weights(self, model_final: nn.Module, model_init: nn.Module) -> dict[str, torch.Tensor]:
