@@ -98,3 +98,15 @@ def register(app: typer.Typer) -> None:
 
         out_dir = compare_ranks(task, seed, int_values(ranks, "--ranks"), out=out, method=method, dpi=dpi)
         typer.echo(str(out_dir))
+
+    @app.command("scores")
+    def scores_command(
+        out: str = typer.Option("outputs", "--out", help="Output root holding the runs; writes <out>/SCORES/."),
+        tasks: Optional[List[str]] = typer.Option(None, "--tasks", help="Only these tasks, e.g. --tasks RTE SST-2."),
+    ) -> None:
+        """Dev scores of every finished run, and mean ± std across seeds (CSV + Markdown)."""
+        from peftlab.analysis.scores import write_scores
+
+        scores_dir = write_scores(out, split_values(tasks) or None)
+        typer.echo((scores_dir / "scores.md").read_text(encoding="utf-8"), err=True)
+        typer.echo(str(scores_dir))
