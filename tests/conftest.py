@@ -9,6 +9,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Tests never reach a hub: everything they load is local (packaged model, tmp files, ../shared/data).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
@@ -159,10 +162,10 @@ def tiny_batches():
     return make
 
 
-@pytest.fixture
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
-    """Run the test with one torch thread (restored after): tiny models gain nothing from threads, and on a
-    busy 2-core machine thread hand-offs make each small matmul ~100x slower."""
+    """Every test runs with one torch thread (restored after): tiny models gain nothing from threads, and on
+    a busy 2-core machine thread hand-offs make each small matmul up to ~100x slower."""
     import torch
 
     threads = torch.get_num_threads()

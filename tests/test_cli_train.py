@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 from peftlab.cli import main
 from peftlab.errors import PeftlabError
@@ -16,15 +15,6 @@ from peftlab.errors import PeftlabError
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--max-train-samples", "16", "--max-eval-samples", "8", "--epochs", "1", "--max-len", "32",
         "batch_size=8", "eval_batch_size=8"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run ~10x faster on one thread when the 2 shared cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

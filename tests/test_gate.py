@@ -12,7 +12,6 @@ from peftlab.errors import PeftlabError
 from peftlab.heads.gate import ablation_gate, head_gate, ones_gate
 from peftlab.testing import FAMILIES
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 LAYER, HEAD = 1, 2  # a head in the last layer of the 2-layer tiny models
 

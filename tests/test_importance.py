@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
@@ -14,7 +13,6 @@ from peftlab.heads.gate import ablation_gate, head_gate, ones_gate
 from peftlab.heads.importance import exact_importance, importance, iter_exact_importance, taylor_importance
 from peftlab.testing import FAMILIES, tiny_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROW_KEYS = ["layer", "head", "I", "loss_base", "loss_ablate", "metric_name", "metric_base", "metric_ablate",
             "n_examples", "impl", "taylor"]

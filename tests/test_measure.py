@@ -35,17 +35,6 @@ def train_tiny(model_dir: Path, data_dir: Path, out: Path, method: str, max_len:
     return train_run(cfg)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (no OpenMP spin-waits on a shared 2-core box); restored after."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """FFT, own-LoRA and PEFT-LoRA runs of one tiny BERT on generated RTE data (same seed, same θ0)."""

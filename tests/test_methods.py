@@ -23,15 +23,6 @@ LORA, PEFT, FFT = get_method("lora"), get_method("peft-lora"), get_method("fft")
 ALL_TARGETS = ",".join(CANONICAL_TARGETS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from 2 threads; one keeps the shared 2-core machine calm."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_cfg(**overrides):
     """The attributes methods may read from a TrainConfig."""
     values = dict(rank=4, alpha=8.0, dropout=0.0, targets=ALL_TARGETS, seed=1, model=None)

@@ -10,7 +10,6 @@ from peftlab.heads.gate import head_gate, ones_gate
 from peftlab.heads.plasticity import gradfisher
 from peftlab.testing import FAMILIES
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def per_example_loop(model, batches):

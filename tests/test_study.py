@@ -17,16 +17,6 @@ TINY_TRAINING = ["max_steps=2", "max_train_samples=32", "max_eval_samples=16", "
                  "logging_steps=1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     from peftlab.study import run_study

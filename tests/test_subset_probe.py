@@ -13,15 +13,6 @@ from peftlab.heads.subset import make_subset, subset_indices, tokenize_batches, 
 from peftlab.testing import FAMILIES, tiny_batch, tiny_model
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (no OpenMP spin-waits on a shared 2-core box); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _add_rte_rows(data_dir, n_train: int, n_dev: int):
     """Replace the tiny RTE files by `n_train` / `n_dev` generated rows."""
     header = "index\tsentence1\tsentence2\tlabel\n"

@@ -23,15 +23,6 @@ SMALL = ["max_train_samples=24", "max_eval_samples=16", "batch_size=8", "eval_ba
          "max_len=48", "logging_steps=1", "save_steps=2", "seed=3"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run ~10x faster on one thread when the 2 shared cores are busy (no spin-waiting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def save_tiny_body_dir(path: Path, family: str = "bert") -> Path:
     """A tiny random *body* without a task head + the MiniLM tokenizer — like the packaged MiniLM
     checkpoint, so the classifier is freshly initialised (from the seed) at load time."""

@@ -6,19 +6,7 @@ from typing import List, Optional
 
 import typer
 
-
-def _split(values: list[str] | None) -> list[str]:
-    """Accept `--x a --x b`, `--x a b` (see cli.expand_multi_value) and `--x a,b`."""
-    return [item.strip() for value in values or [] for item in value.split(",") if item.strip()]
-
-
-def _ints(values: list[str] | None, what: str) -> list[int]:
-    from peftlab.errors import PeftlabError
-
-    try:
-        return [int(v) for v in _split(values)]
-    except ValueError:
-        raise PeftlabError(f"--{what} takes whole numbers, e.g. --{what} 1 2 3; got {values}") from None
+from peftlab.commands.analysis import int_values, split_values
 
 
 def register(app: typer.Typer) -> None:
@@ -43,7 +31,8 @@ def register(app: typer.Typer) -> None:
         from peftlab.study import run_study
 
         console = Console(stderr=True)
-        report = run_study(task, _split(methods), _ints(seeds, "seeds"), _ints(ranks, "ranks"), profile, out,
+        report = run_study(task, split_values(methods), int_values(seeds, "--seeds"), int_values(ranks, "--ranks"),
+                           profile, out,
                            list(overrides or []), model, data_dir, console=console)
         _summarise(report, console)
 

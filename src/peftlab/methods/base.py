@@ -201,6 +201,20 @@ def staging_dir(out_dir: Path) -> Path:
     return tmp
 
 
+def save_pretrained_atomically(model: "nn.Module", out_dir: str | Path) -> None:
+    """`model.save_pretrained` into a staging dir, files moved into `out_dir`, then the base fingerprint.
+
+    The fingerprint is written last, so its presence means the weights beside it are complete.
+    """
+    from peftlab.io import atomic_write_json
+
+    out_dir = Path(out_dir)
+    tmp = staging_dir(out_dir)
+    model.save_pretrained(tmp)
+    move_files_into(tmp, out_dir)
+    atomic_write_json(out_dir / FINGERPRINT_FILE, stashed_fingerprint(model))
+
+
 def require_file(path: Path, what: str) -> Path:
     """`path` if it exists, else a PeftlabError saying which saved result is missing."""
     if not path.is_file():

@@ -15,12 +15,10 @@ from peftlab.methods.base import (
     Method,
     base_fingerprint,
     check_same_base,
-    move_files_into,
     register_method,
+    save_pretrained_atomically,
     require_file,
     stash_fingerprint,
-    stashed_fingerprint,
-    staging_dir,
 )
 
 
@@ -41,14 +39,7 @@ class FullFineTuning(Method):
         return list(model.named_parameters())
 
     def save_final(self, model: nn.Module, out_dir) -> None:
-        from peftlab.io import atomic_write_json
-
-        out_dir = Path(out_dir)
-        tmp = staging_dir(out_dir)
-        model.save_pretrained(tmp)
-        move_files_into(tmp, out_dir)
-        # Last, so its presence means the weights are complete.
-        atomic_write_json(out_dir / FINGERPRINT_FILE, stashed_fingerprint(model))
+        save_pretrained_atomically(model, out_dir)
 
     def load_final(self, base_model: nn.Module, out_dir) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
