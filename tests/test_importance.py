@@ -99,6 +99,9 @@ def test_layer_rows_are_yielded_before_later_layers_are_computed(loud_tiny_model
     done_so_far, total = progress[-1]
     assert done_so_far < total  # layer 1 has not run yet
     assert len(list(rows)) == 7 and progress[-1][0] == progress[-1][1]
+    # One bar over the base pass and the sweep: a single total, counted up one unit at a time.
+    assert len({total for _, total in progress}) == 1
+    assert [done for done, _ in progress] == list(range(1, total + 1))
 
 
 def test_deberta_with_a_conv_after_layer_0_falls_back_to_naive(tiny_batches):

@@ -29,6 +29,7 @@ positions), a warning is issued and the naive path computes the rows (`impl: "na
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -103,51 +104,58 @@ def iter_fast_importance(model: nn.Module, batches: Sequence[dict], metric_fn: M
 
     keep_inputs = _layer_input_bytes(model, batches, n_layers) <= memory_mb * 2**20
     device = model_device(model)
-    with measurement_mode(model), torch.no_grad(), \
-            progress_bar(len(batches) * (1 + n_todo), "importance (fast)", progress, on_progress) as advance:
-        # 1. Record every batch once (the base pass) and check that replaying reproduces it.
-        records: list[BatchRecord] = []
-        base = SubsetScore()
-        for index, batch in enumerate(batches):
-            record = replay.record(to_device(batch, device), keep_inputs)
-            problems = _self_check(replay, record, from_earlier_layer=index == 0)
-            if problems:
-                break
-            record.last_ctx = None  # only needed by the self-check
-            if not keep_inputs:
-                record.layer_inputs[n_layers - 1] = None
-            base.add(record.loss, record.logits, record.labels)
-            records.append(record)
-            advance(1)
-        else:
-            problems = []
-    if problems:
-        yield from fall_back("; ".join(problems))
-        return
+    # One bar over both phases (base pass: one unit per batch; sweep: one per batch and head), so
+    # `on_progress(done, total)` counts up to a single total. Closed in `finally`, also when the caller
+    # stops iterating early.
+    bar = contextlib.ExitStack()
+    advance = bar.enter_context(progress_bar(len(batches) * (1 + n_todo), "importance (fast)", progress,
+                                             on_progress))
+    try:
+        with measurement_mode(model), torch.no_grad():
+            # 1. Record every batch once (the base pass) and check that replaying reproduces it.
+            records: list[BatchRecord] = []
+            base = SubsetScore()
+            problems: list[str] = []
+            for index, batch in enumerate(batches):
+                record = replay.record(to_device(batch, device), keep_inputs)
+                problems = _self_check(replay, record, from_earlier_layer=index == 0)
+                if problems:
+                    break
+                record.last_ctx = None  # only needed by the self-check
+                if not keep_inputs:
+                    record.layer_inputs[n_layers - 1] = None
+                base.add(record.loss, record.logits, record.labels)
+                records.append(record)
+                advance(1)
+        if problems:
+            bar.close()
+            yield from fall_back("; ".join(problems))
+            return
 
-    with measurement_mode(model), torch.no_grad(), \
-            progress_bar(len(batches) * n_todo, "importance (fast)", progress, on_progress) as advance:
-        # 2. Layer by layer: one attention core per batch, then every head of the layer.
-        current = [record.layer_inputs[0] for record in records]  # x_l of each batch when inputs are not kept
-        for layer in range(n_layers):
-            heads = todo[layer]
-            scores = {head: SubsetScore() for head in heads}
-            for index, record in enumerate(records):
-                call = record.calls[layer]
-                if keep_inputs:
-                    x = record.layer_inputs[layer]
-                    ctx = replay.attention_ctx(layer, x, call) if heads else None
-                else:
-                    x = current[index]
-                    current[index], ctx = replay.run_layer(layer, x, call, with_ctx=True)
+        with measurement_mode(model), torch.no_grad():
+            # 2. Layer by layer: one attention core per batch, then every head of the layer.
+            current = [record.layer_inputs[0] for record in records]  # x_l of each batch when inputs are not kept
+            for layer in range(n_layers):
+                heads = todo[layer]
+                scores = {head: SubsetScore() for head in heads}
+                for index, record in enumerate(records):
+                    call = record.calls[layer]
+                    if keep_inputs:
+                        x = record.layer_inputs[layer]
+                        ctx = replay.attention_ctx(layer, x, call) if heads else None
+                    else:
+                        x = current[index]
+                        current[index], ctx = replay.run_layer(layer, x, call, with_ctx=True)
+                    for head in heads:
+                        n_rows, seq_len = ctx.shape[:2]
+                        ablated = ctx.clone()
+                        ablated.view(n_rows, seq_len, n_heads, d_head)[:, :, head] = 0  # [B, T, H·d] as [B, T, H, d]
+                        logits, loss = replay.forward_from(record, layer, x, ablated)
+                        scores[head].add(loss, logits, record.labels)
+                        advance(1)
+                    if keep_inputs:
+                        record.layer_inputs[layer] = None  # not needed any more; free as we go
                 for head in heads:
-                    n_rows, seq_len = ctx.shape[:2]
-                    ablated = ctx.clone()
-                    ablated.view(n_rows, seq_len, n_heads, d_head)[:, :, head] = 0  # [B, T, H·d] as [B, T, H, d]
-                    logits, loss = replay.forward_from(record, layer, x, ablated)
-                    scores[head].add(loss, logits, record.labels)
-                    advance(1)
-                if keep_inputs:
-                    record.layer_inputs[layer] = None  # not needed any more; free as we go
-            for head in heads:
-                yield importance_row(layer, head, base, scores[head], name, fn, "fast")
+                    yield importance_row(layer, head, base, scores[head], name, fn, "fast")
+    finally:
+        bar.close()
