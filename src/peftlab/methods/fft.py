@@ -16,8 +16,8 @@ from peftlab.methods.base import (
     base_fingerprint,
     check_same_base,
     register_method,
-    save_pretrained_atomically,
     require_file,
+    save_pretrained_atomically,
     stash_fingerprint,
 )
 

@@ -10,6 +10,7 @@ saves it with the adapter; it is not merged. θ1 is saved with PEFT's `save_pret
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,11 +24,15 @@ from peftlab.methods.base import (
     base_fingerprint,
     check_same_base,
     register_method,
-    save_pretrained_atomically,
     require_file,
+    save_pretrained_atomically,
     stash_fingerprint,
     validate_low_rank,
 )
+
+# PEFT 0.21 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates with a FutureWarning on
+# every wrap and load; it says nothing to a peftlab user, so that one message is silenced.
+warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is deprecated", category=FutureWarning)
 
 ADAPTER = "default"  # PEFT's adapter name
 
