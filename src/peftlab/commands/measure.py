@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
 
         from peftlab.heads.measure import measure_run
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped to a file
         manifest = measure_run(
             run_dir, steps=steps, importance=importance, impl=impl, theta0=theta0, subset_split=subset_split,
             subset_size=subset_size, subset_seed=subset_seed, batch_size=batch_size, force=force, console=console,

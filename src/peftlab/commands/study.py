@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
 
         from peftlab.study import run_study
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped to a file
         report = run_study(task, split_values(methods), int_values(seeds, "--seeds"), int_values(ranks, "--ranks"),
                            profile, out,
                            list(overrides or []), model, data_dir, console=console)
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
 
         from peftlab.study import run_study
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped to a file
         report = run_study("rte", ["fft", "lora"], [1], [8], "quick", out, [], None, data_dir, console=console)
         _summarise(report, console)
 
