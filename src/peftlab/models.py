@@ -69,10 +69,11 @@ def load_tokenizer(name_or_path: str | None):
 
 
 @contextlib.contextmanager
-def quiet_hf_loading():
-    """Silence transformers' "newly initialized" warning and per-tensor loading bar, then restore them.
+def quiet_transformers():
+    """Silence transformers' warnings/info lines and its loading/saving bars, then restore them.
 
-    Both are noise for peftlab: a fresh classifier is expected, and our own progress display is the bar.
+    Noise for peftlab: a fresh classifier is expected ("newly initialized" warning), and per-tensor
+    loading or "Writing model shards" bars would break our own progress display.
     """
     from transformers.utils import logging as hf_logging
 
@@ -100,7 +101,7 @@ def load_model(name_or_path: str | None, num_labels: int, problem_type: str | No
     if problem_type:
         kwargs["problem_type"] = problem_type
     try:
-        with quiet_hf_loading():
+        with quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise PeftlabError(_not_a_model(path, err)) from None

@@ -144,15 +144,15 @@ def run_study(
         stage("aggregate across seeds")
         aggregate_dir = aggregate(plan.task, labels, plan.seeds, out=out)
     ranks_dir = None
-    low_rank = [cfg.method for cfg in configs if _is_low_rank(cfg.method)]
-    if len(plan.ranks) > 1 and low_rank:
-        from peftlab.analysis.ranks import compare_ranks
-        from peftlab.methods import get_method
+    from peftlab.methods import get_method
 
-        # The first low-rank method of the study; its runs live under <out>/<dir_name>/.
+    # The study's first low-rank method; its runs live under <out>/<dir_name>/.
+    low_rank = next((get_method(m) for m in plan.methods if get_method(m).low_rank), None)
+    if len(plan.ranks) > 1 and low_rank is not None:
+        from peftlab.analysis.ranks import compare_ranks
+
         stage("compare ranks")
-        ranks_dir = compare_ranks(plan.task, plan.seeds[0], plan.ranks, out=out,
-                                  method=get_method(low_rank[0]).dir_name)
+        ranks_dir = compare_ranks(plan.task, plan.seeds[0], plan.ranks, out=out, method=low_rank.dir_name)
 
     study_dir = Path(out) / "STUDY" / plan.task / plan.name
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -163,12 +163,6 @@ def run_study(
     })
     report = study_report(study_dir, run_dirs, compare_dirs, aggregate_dir=aggregate_dir, ranks_dir=ranks_dir)
     return Path(report)
-
-
-def _is_low_rank(method_name: str) -> bool:
-    from peftlab.methods import get_method
-
-    return bool(get_method(method_name).low_rank)
 
 
 def _run_label(cfg) -> str:

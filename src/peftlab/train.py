@@ -134,19 +134,14 @@ def _config_diff(old: dict, new: dict) -> list[str]:
 
 def _atomic_dir(final: Path, write) -> float:
     """Run `write(tmp_dir)` then rename tmp_dir to `final` (replacing it). Returns seconds taken."""
-    from transformers.utils import logging as hf_logging
+    from peftlab.models import quiet_transformers
 
     start = time.perf_counter()
     tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    bars_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a "Writing model shards" bar per save is noise
-    try:
+    with quiet_transformers():  # a "Writing model shards" bar per save is noise
         write(tmp)
-    finally:
-        if bars_on:
-            hf_logging.enable_progress_bar()
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -41,11 +41,11 @@ def collect_runs(out: str | Path, tasks: list[str] | None = None) -> pd.DataFram
             continue  # a run being written right now; it will be listed once finished
         if not final.get("finished") or (wanted and final.get("task") not in wanted):
             continue
-        rank = final.get("rank")
+        rank = final.get("rank") if "_r" in run_dir.name else None  # seed<S>_r<R>: a low-rank run
         dir_name = run_dir.parent.parent.name
         row = {
-            "task": final["task"], "label": f"{dir_name}_r{rank}" if "_r" in run_dir.name else dir_name,
-            "method": final["method"], "seed": final["seed"], "rank": rank if "_r" in run_dir.name else None,
+            "task": final["task"], "label": dir_name if rank is None else f"{dir_name}_r{rank}",
+            "method": final["method"], "seed": final["seed"], "rank": rank,
             "main_metric": final["main_metric"], "score": final["score"], "epochs": config.get("epochs"),
             "train_s": final.get("timing", {}).get("train_s"), "trainable_params": final.get("trainable_params"),
             "total_params": final.get("total_params"), "run_dir": str(run_dir),

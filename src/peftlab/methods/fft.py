@@ -44,13 +44,13 @@ class FullFineTuning(Method):
     def load_final(self, base_model: nn.Module, out_dir) -> nn.Module:
         from transformers import AutoModelForSequenceClassification
 
-        from peftlab.models import quiet_hf_loading
+        from peftlab.models import quiet_transformers
 
         out_dir = Path(out_dir)
         saved = json.loads(require_file(out_dir / FINGERPRINT_FILE, "FFT base-model fingerprint").read_text())
         check_same_base(saved, base_model, out_dir)
         try:
-            with quiet_hf_loading():
+            with quiet_transformers():
                 model = AutoModelForSequenceClassification.from_pretrained(out_dir, dtype=base_model.dtype)
         except (OSError, ValueError) as err:
             raise PeftlabError(f"could not load the fine-tuned model in {out_dir} ({str(err).splitlines()[0]}); "
