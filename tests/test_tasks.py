@@ -307,7 +307,7 @@ def test_missing_file_with_local_source_and_no_datasets(tiny_glue, monkeypatch):
         load_split("QQP", "train", tiny_glue, source="local")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `datasets` unimportable
-    monkeypatch.setattr("peftlab.taskdata.loading.datasets_available", lambda: False)
+    monkeypatch.setattr("peftlab.tasks.loading.datasets_available", lambda: False)
     with pytest.raises(PeftlabError, match=r"`datasets` is not installed.*peftlab\[hub\]"):
         load_split("QQP", "train", tiny_glue)
 

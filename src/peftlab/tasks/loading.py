@@ -15,10 +15,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftlab.taskdata.hub import datasets_available, hub_name, hub_offline, load_hub_split
-from peftlab.taskdata.local import locate, read_task_file
-from peftlab.taskdata.registry import TaskSpec, get_task
-from peftlab.taskdata.examples import TaskData
+from peftlab.tasks.hub import datasets_available, hub_name, hub_offline, load_hub_split
+from peftlab.tasks.local import locate, read_task_file
+from peftlab.tasks.registry import TaskSpec, get_task
+from peftlab.tasks.examples import TaskData
 from peftlab.errors import PeftlabError
 
 ENV_VAR = "PEFTLAB_DATA"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from peftlab.taskdata.registry import TaskSpec
-from peftlab.taskdata.examples import TaskData
+from peftlab.tasks.registry import TaskSpec
+from peftlab.tasks.examples import TaskData
 from peftlab.errors import PeftlabError
 
 _TRUE = {"1", "true", "yes", "on"}

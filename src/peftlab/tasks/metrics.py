@@ -1,8 +1,9 @@
 """Task metrics with scikit-learn / scipy (never `evaluate`: it fetches metric scripts online).
 
 Names: accuracy, f1, matthews_corr, pearson, spearman. Which ones a task reports is in its
-TaskSpec (`metric_names`, main metric first). sklearn/scipy are imported inside the functions so
-that `import peftlab.tasks` stays fast.
+TaskSpec (`metric_names`, main metric first). `per_example_loss` gives the unreduced training loss
+(cross-entropy / squared error) of every example, for per-example head statistics.
+sklearn/scipy/torch are imported inside the functions so that `import peftlab.tasks` stays fast.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import warnings
 
 import numpy as np
 
-from peftlab.taskdata.registry import TaskSpec, get_task
+from peftlab.tasks.registry import TaskSpec, get_task
 from peftlab.errors import PeftlabError
 
 
@@ -137,3 +138,51 @@ def metrics_from_logits(task: str | TaskSpec, logits, labels) -> dict[str, float
             "check that the model was built with this task's num_labels"
         )
     return compute_metrics(spec, array.argmax(axis=1), labels)
+
+
+def per_example_loss(task: str | TaskSpec | int, logits, labels):
+    """The training loss of every example, unreduced: a float64 torch tensor [N].
+
+    Classification (num_labels ≥ 2), cross-entropy of the softmax:
+        L_i = −log softmax(z_i)[y_i] = logsumexp_c z_ic − z_i,y_i
+    Regression (num_labels = 1, STS-B), squared error:
+        L_i = (z_i − y_i)²
+    These are the losses Hugging Face `*ForSequenceClassification` models use (CrossEntropyLoss /
+    MSELoss), so mean_i L_i equals the model's own `outputs.loss` (up to its float32 rounding).
+    Computed in float64 because callers subtract two such losses (head ablation d_i = L_i(ablated)
+    − L_i(base)) and float32 would lose the small differences.
+
+    `task`: a task name / TaskSpec, or the model's `num_labels` (heads code knows only the config).
+    `logits`: [N, num_labels] (regression: [N, 1] or [N]); `labels`: [N] class ids or targets.
+    """
+    import torch
+    import torch.nn.functional as fn
+
+    if isinstance(task, int) and not isinstance(task, bool):
+        num_labels, name = task, f"a {task}-label model"
+    else:
+        spec = get_task(task)
+        num_labels, name = spec.num_labels, spec.name
+    logits = torch.as_tensor(logits).detach().to(torch.float64)
+    labels = torch.as_tensor(labels).detach().to(logits.device)
+    if num_labels == 1:
+        if logits.ndim == 2 and logits.shape[1] == 1:
+            logits = logits[:, 0]  # [N, 1] -> [N]
+        if logits.ndim != 1 or labels.reshape(-1).shape != logits.shape:
+            raise PeftlabError(
+                f"regression logits for {name} must have shape [N] or [N, 1] with N labels, got logits "
+                f"{tuple(logits.shape)} and labels {tuple(labels.shape)}; pass one score per example"
+            )
+        return fn.mse_loss(logits, labels.reshape(-1).to(torch.float64), reduction="none")
+    if logits.ndim != 2 or logits.shape[1] != num_labels or labels.shape != (logits.shape[0],):
+        raise PeftlabError(
+            f"logits for {name} must have shape [N, {num_labels}] with N labels, got logits "
+            f"{tuple(logits.shape)} and labels {tuple(labels.shape)}; check the model's num_labels"
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise PeftlabError(f"labels for {name} must be integer class ids, got {labels.dtype}; convert them first")
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_labels):
+        raise PeftlabError(
+            f"labels for {name} hold a class id outside 0..{num_labels - 1}; check that they belong to this task"
+        )
+    return fn.cross_entropy(logits, labels.long(), reduction="none")

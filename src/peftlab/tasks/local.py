@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from peftlab.taskdata.registry import FileLayout, TaskSpec
+from peftlab.tasks.registry import FileLayout, TaskSpec
 from peftlab.errors import PeftlabError
 
 

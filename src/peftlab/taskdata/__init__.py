@@ -1,4 +1,0 @@
-"""Task data: registry, local files, Hub, loading, metrics and the TaskData container.
-
-The public import point is `peftlab.tasks`; these modules are its parts.
-"""
