@@ -23,6 +23,7 @@ from peftlab.tasks import (
     matthews_corr,
     metrics_from_logits,
     pearson,
+    per_example_loss,
     read_task_file,
     resolve_data_dir,
     spearman,
@@ -363,6 +364,31 @@ def test_wrong_header_and_empty_file(tiny_glue):
         load_split("SST-2", "train", tiny_glue)
 
 
+@pytest.mark.parametrize(
+    "task, split, rel, text, what",
+    [("RTE", "dev", "glue/RTE/dev.tsv", "index\tsentence1\tsentence2\tlabel\n", "holds only a header and no data rows"),
+     ("SST-2", "train", "glue/SST-2/train.tsv", "sentence\tlabel\n\n\n", "holds only a header and no data rows"),
+     ("CoLA", "dev", "glue/CoLA/dev.tsv", "\n\n", "holds no data rows"),
+     ("AG-News", "dev", "ag_news/test.csv", "label,title,description\n", "holds only a header and no data rows")],
+)
+def test_header_only_or_blank_file_is_one_error_naming_it(tiny_glue, task, split, rel, text, what):
+    path = tiny_glue / rel
+    path.write_text(text)
+    with pytest.raises(PeftlabError) as excinfo:
+        load_split(task, split, tiny_glue)
+    assert _one_line_error(excinfo) == f"{path}: {what}; re-download task {task} or point --data-dir elsewhere"
+
+
+def test_file_whose_rows_all_lack_a_gold_label(tiny_glue):
+    path = tiny_glue / "glue/SNLI/train.tsv"
+    header, *rows = path.read_text().splitlines()
+    no_gold = [row for row in rows if row.split("\t")[-1] == "-"]
+    assert len(no_gold) == 1  # the tiny SNLI file holds one such row
+    path.write_text("\n".join([header, *no_gold]) + "\n")
+    with pytest.raises(PeftlabError, match=rf"^{path}: all 1 rows have no gold label; re-download task SNLI"):
+        load_split("SNLI", "train", tiny_glue)
+
+
 # ---------------------------------------------------------------- Hub path (a fake `datasets`)
 
 class _FakeDataset:
@@ -480,6 +506,47 @@ def test_metric_input_errors():
         compute_metrics("SST-2", [0.3, 0.9], [0, 1])
     with pytest.raises(PeftlabError, match=r"must have shape \[N, 3\], got \(2, 2\)"):
         metrics_from_logits("MNLI", np.zeros((2, 2)), [0, 1])
+
+
+def test_per_example_loss_formulas_by_hand():
+    import torch
+
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, -1.0]])
+    losses = per_example_loss("MNLI", logits, torch.tensor([0, 2]))
+    # L_i = logsumexp_c z_ic - z_i,y_i
+    expected = [math.log(math.exp(2) + math.exp(1) + 1) - 2, math.log(1 + math.exp(3) + math.exp(-1)) + 1]
+    assert losses.dtype == torch.float64 and losses.shape == (2,)
+    assert losses.tolist() == pytest.approx(expected, rel=1e-12)
+    squared = per_example_loss("STS-B", np.array([[1.0], [2.5]]), [1.5, 4.5])  # [N, 1] -> [N]
+    assert squared.tolist() == pytest.approx([0.25, 4.0], rel=1e-12)
+    assert per_example_loss(1, [1.0, 2.5], [1.5, 4.5]).tolist() == squared.tolist()  # by num_labels
+
+
+@pytest.mark.parametrize("num_labels", [2, 1])
+def test_per_example_loss_mean_is_the_models_own_loss(num_labels):
+    import torch
+
+    from peftlab.testing import tiny_batch, tiny_model
+
+    model = tiny_model("bert", num_labels=num_labels).eval()
+    input_ids, attention_mask = tiny_batch(batch_size=6, seed=3)
+    labels = torch.linspace(0.0, 5.0, 6) if num_labels == 1 else torch.tensor([0, 1, 1, 0, 1, 0])
+    with torch.no_grad():
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    losses = per_example_loss(num_labels, outputs.logits, labels)
+    assert losses.shape == (6,) and bool((losses >= 0).all())
+    assert float(losses.mean()) == pytest.approx(float(outputs.loss), rel=1e-5)
+
+
+def test_per_example_loss_input_errors():
+    with pytest.raises(PeftlabError, match=r"logits for MNLI must have shape \[N, 3\] with N labels, got logits \(2, 2\)"):
+        per_example_loss("MNLI", np.zeros((2, 2)), [0, 1])
+    with pytest.raises(PeftlabError, match=r"labels for RTE hold a class id outside 0..1"):
+        per_example_loss("RTE", np.zeros((2, 2)), [0, 2])
+    with pytest.raises(PeftlabError, match=r"labels for RTE must be integer class ids"):
+        per_example_loss("RTE", np.zeros((2, 2)), [0.0, 1.0])
+    with pytest.raises(PeftlabError, match=r"regression logits for STS-B must have shape \[N\] or \[N, 1\]"):
+        per_example_loss("STS-B", np.zeros((3, 2)), [0.0, 1.0, 2.0])
 
 
 # ---------------------------------------------------------------- `peftlab tasks`

@@ -73,6 +73,10 @@ def load_hub_split(spec: TaskSpec, split: str) -> TaskData:
         text_a = [text_a[i] for i in keep]
         text_b = None if text_b is None else [text_b[i] for i in keep]
         labels = [labels[i] for i in keep]
+    if not labels:
+        raise PeftlabError(
+            f"{hub_name(spec, split)} has no labelled rows; use local files via --data-dir / PEFTLAB_DATA"
+        )
     labels = [float(y) for y in labels] if spec.is_regression else [int(y) for y in labels]
     info = {"split": split, "origin": "hub", "hub_split": hub_split}
     if n_skipped:

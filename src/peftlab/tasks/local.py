@@ -64,7 +64,8 @@ def read_task_file(spec: TaskSpec, path: Path) -> tuple[list[str], list[str] | N
     """Parse one local file of `spec`: (text_a, text_b or None, labels, n_skipped).
 
     Rows whose label is in `spec.skip_labels` (SNLI "-": no gold label) are dropped and counted;
-    blank lines are ignored. Any other irregularity raises a one-line `file:line` PeftlabError.
+    blank lines are ignored. Any other irregularity raises a one-line `file:line` PeftlabError, and
+    so does a file without a single usable row (empty, header only, blank lines only, all skipped).
     """
     layout = spec.layout
     sep_name = "tab-separated" if layout.fmt == "tsv" else "comma-separated"
@@ -134,4 +135,9 @@ def read_task_file(spec: TaskSpec, path: Path) -> tuple[list[str], list[str] | N
             raise PeftlabError(
                 f"{path}:{rows.line_num}: cannot be parsed ({err}); check that it is a UTF-8 {layout.fmt.upper()} file"
             ) from None
+    if not labels:
+        # Zero rows would only fail later, far from the cause (an IndexError in batching or a split).
+        what = (f"all {n_skipped} rows have no gold label" if n_skipped
+                else "holds only a header and no data rows" if has_header else "holds no data rows")
+        raise PeftlabError(f"{path}: {what}; re-download task {spec.name} or point --data-dir elsewhere")
     return text_a, text_b, labels, n_skipped
