@@ -19,6 +19,7 @@ from peftlab.tasks import (
     compute_metrics,
     f1,
     get_task,
+    logits_metric,
     load_split,
     matthews_corr,
     metrics_from_logits,
@@ -536,6 +537,23 @@ def test_per_example_loss_mean_is_the_models_own_loss(num_labels):
     losses = per_example_loss(num_labels, outputs.logits, labels)
     assert losses.shape == (6,) and bool((losses >= 0).all())
     assert float(losses.mean()) == pytest.approx(float(outputs.loss), rel=1e-5)
+
+
+def test_logits_metric_hand_computed_and_against_numpy():
+    import torch
+
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.5, 0.4]])  # argmax -> [0, 1, 0, 0]
+    name, fn = logits_metric(2)
+    assert (name, fn(logits, torch.tensor([0, 1, 1, 1]))) == ("accuracy", 0.5)
+    name, fn = logits_metric(1)
+    assert name == "pearson"
+    assert fn(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([1.0, 2.0, 4.0])) == pytest.approx(9 / math.sqrt(84))
+    generator = torch.Generator().manual_seed(0)
+    outputs, gold = torch.randn(50, 3, generator=generator), torch.randint(0, 3, (50,), generator=generator)
+    assert logits_metric(3)[1](outputs, gold) == float((outputs.argmax(-1) == gold).double().mean())
+    scores, targets = torch.randn(50, 1, generator=generator), torch.randn(50, generator=generator)
+    reference = np.corrcoef(scores[:, 0].double().numpy(), targets.double().numpy())[0, 1]
+    assert logits_metric(1)[1](scores, targets) == pytest.approx(reference, rel=1e-10)
 
 
 def test_per_example_loss_input_errors():

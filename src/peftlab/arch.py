@@ -84,7 +84,7 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         ArchSpec("electra", ("electra",), "encoder.layer", _BERT_PATHS, ("classifier",), "first", **_BERT_TAIL),
         ArchSpec(
             "deberta-v2",
-            ("deberta-v2", "deberta"),
+            ("deberta-v2",),  # not v1 "deberta": see REFUSED_MODEL_TYPES
             "encoder.layer",
             {
                 "q": ("attention.self.query_proj",),
@@ -131,8 +131,27 @@ ARCH_SPECS: dict[str, ArchSpec] = {
 }
 
 
+# Model types peftlab knows and refuses, with why and what to use instead. Mapping them to a
+# near-miss spec would measure or adapt the wrong weights without any error.
+REFUSED_MODEL_TYPES: dict[str, str] = {
+    # DeBERTa v1's DisentangledSelfAttention has one fused `in_proj` (no bias; q_bias/v_bias are
+    # separate parameters) whose output columns interleave the heads as [q_h | k_h | v_h] per head h,
+    # a layout neither the per-head update split nor q/k/v LoRA targeting has.
+    "deberta": (
+        "model type 'deberta' (DeBERTa v1) is not supported: it fuses q, k, v into one in_proj whose "
+        "columns interleave per head, which peftlab has no layout for; use a DeBERTa-v2/v3 checkpoint "
+        "(model_type 'deberta-v2', e.g. microsoft/deberta-v3-base)"
+    ),
+}
+
+
 def spec_for_model_type(model_type: str) -> ArchSpec:
-    """The ArchSpec whose family handles HF `config.model_type`, or a PeftlabError listing them."""
+    """The ArchSpec whose family handles HF `config.model_type`, or a PeftlabError listing them.
+
+    Model types in `REFUSED_MODEL_TYPES` raise their own message (why, and what to use instead).
+    """
+    if model_type in REFUSED_MODEL_TYPES:
+        raise PeftlabError(REFUSED_MODEL_TYPES[model_type])
     for spec in ARCH_SPECS.values():
         if model_type in spec.model_types:
             return spec

@@ -93,6 +93,7 @@ def load_model(name_or_path: str | None, num_labels: int, problem_type: str | No
 
     A freshly initialised classifier is expected (the checkpoint usually has none), so the
     "newly initialized" warning from transformers is silenced; seeding is the caller's job.
+    A model type without an ArchSpec (or refused, like DeBERTa v1) raises PeftlabError here.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -109,6 +110,9 @@ def load_model(name_or_path: str | None, num_labels: int, problem_type: str | No
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PeftlabError(f"could not load '{path}' with {num_labels} labels ({first}); "
                            f"pass --model a base model without a task head of another size") from None
+    from peftlab.arch import get_arch
+
+    get_arch(model.config)  # an unknown or refused architecture fails here, before any run files exist
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     return model

@@ -32,6 +32,7 @@ from peftlab.tasks.metrics import (
     accuracy,
     compute_metrics,
     f1,
+    logits_metric,
     matthews_corr,
     metrics_from_logits,
     pearson,
@@ -56,7 +57,7 @@ __all__ = [
     "CLASSIFICATION", "ENV_VAR", "METRICS", "REGRESSION", "SOURCES", "TASKS", "TASK_NAMES",
     "FileLayout", "Holdout", "SplitLocation", "TaskData", "TaskSpec",
     "accuracy", "compute_metrics", "data_dir_origin", "datasets_available", "f1", "get_task",
-    "hub_offline", "list_tasks", "load_hub_split", "load_split", "locate_split", "matthews_corr",
+    "hub_offline", "list_tasks", "logits_metric", "load_hub_split", "load_split", "locate_split", "matthews_corr",
     "metrics_from_logits", "normalize_task_name", "pearson", "per_example_loss", "read_task_file",
     "resolve_data_dir", "spearman",
 ]

@@ -2,7 +2,8 @@
 
 Names: accuracy, f1, matthews_corr, pearson, spearman. Which ones a task reports is in its
 TaskSpec (`metric_names`, main metric first). `per_example_loss` gives the unreduced training loss
-(cross-entropy / squared error) of every example, for per-example head statistics.
+(cross-entropy / squared error) of every example, for per-example head statistics;
+`logits_metric(num_labels)` the (name, fn(logits, labels)) pair head measurements report.
 sklearn/scipy/torch are imported inside the functions so that `import peftlab.tasks` stays fast.
 """
 
@@ -138,6 +139,25 @@ def metrics_from_logits(task: str | TaskSpec, logits, labels) -> dict[str, float
             "check that the model was built with this task's num_labels"
         )
     return compute_metrics(spec, array.argmax(axis=1), labels)
+
+
+def logits_metric(num_labels: int):
+    """("accuracy", fn) for classification, ("pearson", fn) for regression (num_labels = 1).
+
+    `fn(logits, labels) -> float` scores a model's raw outputs: accuracy of argmax_c logits_ic, or
+    Pearson r of logits[:, 0] (the regression score) against the targets. This is the task-agnostic
+    metric head measurements report next to the loss (they know only the model's num_labels).
+    """
+    def accuracy_of_logits(logits, labels) -> float:
+        predictions = _to_numpy(logits, "logits").argmax(axis=-1)  # [N, num_labels] -> [N]
+        return accuracy(predictions, _to_numpy(labels, "labels"))
+
+    def pearson_of_logits(logits, labels) -> float:
+        golds = _to_numpy(labels, "labels").astype(float).reshape(-1)
+        scores = _to_numpy(logits, "logits").astype(float).reshape(len(golds), -1)[:, 0]  # [N, 1] -> [N]
+        return pearson(scores, golds)
+
+    return ("pearson", pearson_of_logits) if num_labels == 1 else ("accuracy", accuracy_of_logits)
 
 
 def per_example_loss(task: str | TaskSpec | int, logits, labels):
