@@ -1,6 +1,6 @@
 """Analysis math on hand-computed examples, the heads table loader, and every per-run figure.
 
-Fixture runs come from `peftlab.analysis.fixtures.make_fixture_run` (seeded, contract-shaped files).
+SYNTHETIC fixture runs come from `tests/fixtures_runs.make_fixture_run` (seeded, contract-shaped files).
 Figures are drawn at low dpi to keep the file fast.
 """
 
@@ -17,7 +17,7 @@ from peftlab.analysis import stats as st
 from peftlab.analysis.analyze import analyze_run
 from peftlab.analysis.cases import find_cases
 from peftlab.analysis.figures import FIGURE_FILES
-from peftlab.analysis.fixtures import make_fixture_run
+from fixtures_runs import make_fixture_run  # tests/ is on sys.path
 from peftlab.analysis.tables import load_heads
 from peftlab.errors import PeftlabError
 

@@ -14,7 +14,7 @@ from scipy import stats as sps
 from peftlab.analysis.aggregate import aggregate
 from peftlab.analysis.analyze import analyze_run
 from peftlab.analysis.compare import compare_runs, verdict
-from peftlab.analysis.fixtures import make_fixture_run
+from fixtures_runs import make_fixture_run  # tests/ is on sys.path
 from peftlab.analysis.ranks import compare_ranks
 from peftlab.analysis.report import Pre, Section, study_report, write_report
 from peftlab.cli import main
