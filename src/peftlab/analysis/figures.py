@@ -266,8 +266,7 @@ def fig_importance_ci(heads: pd.DataFrame, stats: dict, path: str | Path, unit: 
         ax.set_xlabel("head, in (layer, head) order")
         ax.set_ylabel(axis_label(col, unit), fontsize=7)
         text = sig.get("message", "significance not computed")
-        ax.set_title(f"{col} ± 95 % t-interval over {sig.get('n_examples', '?')} examples; BH q = "
-                     f"{sig.get('q', 0.05)}: {text}", fontsize=8)
+        ax.set_title(f"{col} ± 95 % t-interval over {sig.get('n_examples', '?')} examples — {text}", fontsize=8)
         ax.legend(fontsize=6)
     fig.suptitle(f"{label}: per-head exact importance with uncertainty", fontsize=11)
     return save_figure(fig, path, dpi)

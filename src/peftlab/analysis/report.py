@@ -160,6 +160,15 @@ def _sig_text(stats: dict, col: str) -> str:
     return text + (" — NOISE LEVEL" if entry["noise_level"] else "")
 
 
+def _noise_text(stats: dict) -> str:
+    sig = stats.get("significance") or {}
+    measured = [c for c in ("I_pre", "I_post") if (sig.get(c) or {}).get("measured")]
+    if not measured:
+        return "not measured (no I_se)"
+    flagged = sig.get("noise_level_phases") or []
+    return f"YES ({', '.join(flagged)})" if flagged else f"no ({', '.join(measured)} tested)"
+
+
 def run_warnings(stats: dict) -> list[str]:
     """Plain-language warnings about one run's numbers (shown first in the report)."""
     name = f"{stats['run']['label']} seed {stats['run']['seed']}"
@@ -199,6 +208,7 @@ def summary_section(runs: list[tuple[Path, dict, dict]]) -> Section:
             "plasticity classifier (G, F)": stats.get("plasticity_classifier") or "not recorded",
             "heads with I_pre ≠ 0 (BH q=.05)": _sig_text(stats, "I_pre"),
             "heads with I_post ≠ 0": _sig_text(stats, "I_post"),
+            "importance at noise level?": _noise_text(stats),
             f"top-{stats['topk']['k']} overlap {imp}~U": "n/a" if not top else _count_with_chance(top["overlap"],
                                                                                               top.get("chance")),
             "important but static": _count_with_chance(ce["important_static"], chance.get("important_static")),

@@ -60,6 +60,10 @@ def register(app: typer.Typer) -> None:
             if entry.get("rho") is not None:
                 typer.echo(f"{key:<14} ρ = {entry['rho']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]",
                            err=True)
+        for col in ("I_pre", "I_post"):
+            entry = stats.get("significance", {}).get(col) or {}
+            if entry.get("measured"):
+                typer.echo(f"{col}: {entry['message']}", err=True)
         typer.echo(str(out_dir))
 
     @app.command("compare")
