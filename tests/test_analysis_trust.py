@@ -276,3 +276,15 @@ def test_report_first_screen_states_score_probe_chance_significance(tmp_path):
     assert f"chance {chance['expected']:.1f} [" in screen
     assert "plasticity classifier" in screen and "<td>init</td>" in screen
     assert "accuracy 0.580 vs chance 0.510" in screen  # the LoRA run's probe beats chance
+
+
+def test_an_analysis_written_by_an_older_peftlab_is_redone_not_reused(tmp_path):
+    from peftlab.analysis.analyze import STATS_FORMAT, load_analysis
+
+    run = make_fixture_run(tmp_path, "fft", 1, None)
+    out = analyze_run(run, n_resamples=100, figures=False)
+    old = read_stats(run)
+    del old["format"], old["significance"]  # what an older analysis left behind (newer than every input)
+    (out / "stats.json").write_text(json.dumps(old))
+    _, stats, _ = load_analysis(run, n_resamples=100, figures=False)
+    assert stats["format"] == STATS_FORMAT and "significance" in stats

@@ -15,6 +15,9 @@ from peftlab.analysis.tables import SOURCES, load_heads, loss_unit, read_probe, 
 from peftlab.io import atomic_write_json, atomic_write_text, read_json
 
 ANALYSIS_DIR = "analysis"
+# stats.json layout version: an analysis written by an older peftlab (e.g. Taylor still in I_post, analytic
+# chance levels) is redone rather than reused.
+STATS_FORMAT = 2
 TAYLOR_FILE = "importance_taylor_vs_exact.json"
 
 
@@ -68,6 +71,7 @@ def analyze_run(
     if stats["significance"].get("noise_level"):
         notes.append(stats["significance"]["message"])
     stats = {
+        "format": STATS_FORMAT,
         "run": run_summary(meta),
         "n_layers": table.n_layers,
         "n_heads": table.n_heads,
@@ -99,12 +103,19 @@ def _newest_input(run_dir: Path) -> float:
     return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
 
 
+def _stats_format(path: Path) -> int | None:
+    try:
+        return read_json(path).get("format")
+    except ValueError:  # a corrupt file is redone
+        return None
+
+
 def ensure_analysis(run_dir: str | Path, **kwargs) -> Path:
     """`RUN_DIR/analysis`, analysing the run first when stats.json is absent or older than a measurement file."""
     run_dir = Path(run_dir)
     stats_path = run_dir / ANALYSIS_DIR / "stats.json"
     if stats_path.is_file() and (run_dir / ANALYSIS_DIR / "heads.csv").is_file() \
-            and stats_path.stat().st_mtime >= _newest_input(run_dir):
+            and stats_path.stat().st_mtime >= _newest_input(run_dir) and _stats_format(stats_path) == STATS_FORMAT:
         return stats_path.parent
     return analyze_run(run_dir, **kwargs)
 
