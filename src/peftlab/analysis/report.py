@@ -142,7 +142,8 @@ def _probe_heldout(stats: dict) -> str:
     if not probe.get("measured"):
         return f"not measured ({probe.get('why', 'no held-out score')})"
     metric = probe.get("metric_name") or "metric"
-    text = f"{metric} {probe['heldout_metric']:.3f} vs chance {probe['chance_metric']:.3f}"
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
+    text = f"{metric} {fmt(probe['heldout_metric'])} vs chance {fmt(probe.get('chance_metric'))}"
     if probe.get("n_heldout"):
         text += f" (n = {probe['n_heldout']} held-out rows)"
     if probe.get("better_than_chance") is False:

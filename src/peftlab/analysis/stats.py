@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from peftlab.analysis.tables import head_label, measured
+
 # (x, y) column pairs reported by `peftlab analyze`, in this order.
 PAIRS = (("I_pre", "U"), ("I_pre", "Urel"), ("I_pre", "G"), ("G", "U"), ("G", "Urel"),
          ("I_pre", "I_post"), ("I_post", "U"), ("I_post", "G"))
@@ -25,11 +27,6 @@ DEFAULT_LEVEL = 0.95
 FDR_Q = 0.05
 NOISE_FRACTION = 0.10  # fewer than this share of heads distinguishable from 0 → importance at noise level
 NOISE_SENTENCE = "importance at noise level — conclusions about I are not supported on this run"
-
-
-def measured(heads: pd.DataFrame, column: str) -> bool:
-    """True when `column` exists and holds at least one value."""
-    return column in heads and bool(heads[column].notna().any())
 
 
 def importance_column(heads: pd.DataFrame, phase: str) -> str | None:
@@ -372,8 +369,6 @@ def compute_stats(heads: pd.DataFrame, *, n_resamples: int = DEFAULT_RESAMPLES, 
 
 def significance_block(heads: pd.DataFrame, n_examples: dict) -> dict[str, Any]:
     """stats.json "significance": per phase the BH-significant heads of I, the noise flag; G's precision."""
-    from peftlab.analysis.tables import head_label
-
     labels = [head_label(layer, head) for layer, head in zip(heads["layer"], heads["head"])]
     out: dict[str, Any] = {}
     for phase in ("pre", "post"):
