@@ -187,6 +187,8 @@ def test_compare_uses_the_paired_difference_not_ci_overlap(tmp_path):
     base = z + 0.9 * np.random.default_rng(5).normal(size=n)
     _set_update(fft, np.exp(base))  # ρ_A ≈ 0.7
     _set_update(lora, np.exp(base - 0.3 * z))  # the same heads, a little less coupled: ρ_B ≈ 0.58
+    for run in (fft, lora):
+        analyze_run(run, figures=False)  # default 1000 bootstrap resamples; figures are not under test here
     metrics = json.loads((compare_runs(fft, lora, out=tmp_path, dpi=DPI) / "compare_metrics.json").read_text())
     entry = metrics["spearman"]["I_pre~U"]
     assert entry["cis_overlap"] is True  # the old rule would have said "not distinguishable"
@@ -260,7 +262,7 @@ def test_report_first_screen_states_score_probe_chance_significance(tmp_path):
     weak = make_fixture_run(tmp_path, "fft", 1, None, probe_better=False)
     lora = make_fixture_run(tmp_path, "lora", 1, 8)
     for run in (weak, lora):
-        analyze_run(run, n_resamples=100, dpi=DPI)
+        analyze_run(run, n_resamples=100, figures=False)  # the first screen is tables only
     html = study_report(tmp_path / "study", [weak, lora]).read_text()
     assert "<title>SYNTHETIC" in html and "<h1>SYNTHETIC" in html
     first = html.index("<h2>Read this first</h2>")
