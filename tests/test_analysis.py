@@ -1,6 +1,6 @@
 """Analysis math on hand-computed examples, the heads table loader, and every per-run figure.
 
-Fixture runs come from `peftlab.analysis.fixtures.make_fixture_run` (seeded, contract-shaped files).
+SYNTHETIC fixture runs come from `tests/fixtures_runs.make_fixture_run` (seeded, contract-shaped files).
 Figures are drawn at low dpi to keep the file fast.
 """
 
@@ -17,7 +17,7 @@ from peftlab.analysis import stats as st
 from peftlab.analysis.analyze import analyze_run
 from peftlab.analysis.cases import find_cases
 from peftlab.analysis.figures import FIGURE_FILES
-from peftlab.analysis.fixtures import make_fixture_run
+from fixtures_runs import make_fixture_run  # tests/ is on sys.path
 from peftlab.analysis.tables import load_heads
 from peftlab.errors import PeftlabError
 
@@ -84,7 +84,7 @@ def test_nan_pairs_are_dropped_and_paired_difference_of_identical_runs_is_zero()
     entry = st.spearman_with_ci(x, y, n_resamples=100)
     assert entry["n"] == 5 and entry["rho"] == pytest.approx(st.spearman(x[[0, 1, 2, 4, 5]], y[[0, 1, 2, 4, 5]])[0])
     diff = st.paired_difference(x, y, x, y, n_resamples=100)
-    assert diff == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert (diff["diff"], diff["ci_low"], diff["ci_high"], diff["p"], diff["n"]) == (0.0, 0.0, 0.0, 1.0, 5)
 
 
 def test_t_interval_matches_formula():
@@ -144,8 +144,12 @@ def test_load_heads_columns_ranks_and_ffn_lines_ignored(tmp_path):
     run = make_fixture_run(tmp_path, "lora", 1, 8, n_layers=2, n_heads=3)
     table = load_heads(run)
     heads = table.heads
-    value_cols = ["I_pre", "I_post", "G", "F", "U", "Urel", "U_q", "U_k", "U_v", "U_o", "taylor_pre", "taylor_post"]
-    assert list(heads.columns) == ["layer", "head", *value_cols, *[f"rank_{c}" for c in value_cols]]
+    value_cols = ["I_pre", "I_pre_se", "I_pre_ci_low", "I_pre_ci_high", "I_post", "I_post_se", "I_post_ci_low",
+                  "I_post_ci_high", "G", "G_se", "F", "U", "Urel", "U_q", "U_k", "U_v", "U_o",
+                  "dL_dgate_pre", "taylor_pre", "dL_dgate_post", "taylor_post"]
+    ranked = ["I_pre", "I_post", "G", "F", "U", "Urel", "U_q", "U_k", "U_v", "U_o", "taylor_pre", "taylor_post"]
+    assert list(heads.columns) == ["layer", "head", *value_cols, *[f"rank_{c}" for c in ranked]]
+    assert table.n_examples == {"pre": 256, "post": 256, "G": 256} and table.plasticity_classifier == "init"
     assert len(heads) == 6 and (table.n_layers, table.n_heads) == (2, 3) and table.theta0 == "probe"
     assert heads.loc[heads["U"].idxmax(), "rank_U"] == 1 and heads.loc[heads["U"].idxmin(), "rank_U"] == 6
     rows = [json.loads(line) for line in (run / "update.jsonl").read_text().splitlines()]
@@ -188,14 +192,18 @@ def test_analyze_writes_tables_stats_cases_and_readable_figures(tmp_path):
     assert len(heads) == 72 and heads["rank_I_pre"].min() == 1
     stats = json.loads((out / "stats.json").read_text())
     assert list(stats["spearman"]) == [st.pair_key(x, y) for x, y in st.PAIRS]
-    assert stats["topk"]["k"] == 10 and stats["topk"]["expected_by_chance"] == pytest.approx(100 / 72)
+    assert stats["topk"]["k"] == 10 and stats["topk"]["k_squared_over_n"] == pytest.approx(100 / 72)
+    # the permutation mean of a top-K overlap is the hypergeometric mean K²/n (no ties here)
+    chance = stats["topk"]["pairs"]["I_pre~U"]["chance"]
+    assert chance["expected"] == pytest.approx(100 / 72, abs=0.05) and chance["n_permutations"] == 10000
     assert stats["bootstrap"] == {**stats["bootstrap"], "n_resamples": 200, "seed": 0, "method": "percentile"}
     entry = stats["spearman"]["I_pre~U"]
     assert entry["rho"] == pytest.approx(st.spearman(heads["I_pre"], heads["U"])[0])
     assert entry["rho"] > 0.2  # the fixture couples FFT's update to importance
     cases = json.loads((out / "cases.json").read_text())
     assert stats["counter_examples"]["important_static"] == cases["important_static"]["count"]
-    assert stats["theta0"] == "probe" and stats["taylor_vs_exact"]["pre"]["spearman"] > 0.5
+    assert stats["theta0"] == "probe" and stats["taylor_vs_exact_file"]["pre"]["spearman"] > 0.5
+    assert stats["taylor_vs_exact"]["pre"]["|dL_dgate|~|I|"]["rho"] > 0.5
     assert sorted(stats["figures"]) == sorted(FIGURE_FILES)
     for name in FIGURE_FILES:
         assert_png_readable(out / name)

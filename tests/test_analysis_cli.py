@@ -14,7 +14,7 @@ from scipy import stats as sps
 from peftlab.analysis.aggregate import aggregate
 from peftlab.analysis.analyze import analyze_run
 from peftlab.analysis.compare import compare_runs, verdict
-from peftlab.analysis.fixtures import make_fixture_run
+from fixtures_runs import make_fixture_run  # tests/ is on sys.path
 from peftlab.analysis.ranks import compare_ranks
 from peftlab.analysis.report import Pre, Section, study_report, write_report
 from peftlab.cli import main
@@ -59,27 +59,26 @@ def test_compare_writes_every_file_and_summary_sections(compared, outputs):
         assert section in summary
     metrics = json.loads((compared / "compare_metrics.json").read_text())
     assert metrics["a"]["label"] == "FFT" and metrics["b"]["label"] == "LoRA_r8"
-    # the verdict follows the CI-overlap rule, pair by pair
+    # the verdict follows the paired-difference rule, pair by pair
     for key, entry in metrics["spearman"].items():
-        a, b = entry["a"], entry["b"]
-        overlap = a["ci_low"] <= b["ci_high"] and b["ci_low"] <= a["ci_high"]
-        assert entry["cis_overlap"] == overlap
-        assert ("not distinguishable" in entry["verdict"]) == overlap
+        diff = entry["diff_b_minus_a"]
+        contains_0 = diff["ci_low"] <= 0 <= diff["ci_high"]
+        assert entry["distinguishable"] is (not contains_0)
+        assert ("not distinguishable" in entry["verdict"]) == contains_0
     # θ0 is shared (same seed): I_pre~G is identical → not distinguishable; FFT's U follows I_pre, LoRA's does not
     assert metrics["theta0_shared"] is True
     assert metrics["spearman"]["I_pre~G"]["diff_b_minus_a"]["diff"] == 0.0
-    assert metrics["spearman"]["I_pre~U"]["verdict"] == "higher in FFT (CIs do not overlap)"
+    assert metrics["spearman"]["I_pre~U"]["verdict"].startswith("higher in FFT (paired 95 % CI of ρ_B − ρ_A excludes 0")
     assert "I_pre~U: FFT ρ = " in summary and "not distinguishable" in summary
 
 
 def test_verdict_rule():
-    a = {"rho": 0.3, "ci_low": 0.1, "ci_high": 0.5}
-    assert verdict(a, {"rho": 0.6, "ci_low": 0.45, "ci_high": 0.8}, "A", "B") == \
-        (True, "not distinguishable (CIs overlap)")
-    assert verdict(a, {"rho": 0.7, "ci_low": 0.55, "ci_high": 0.8}, "A", "B") == \
-        (False, "higher in B (CIs do not overlap)")
-    assert verdict(a, {"rho": -0.3, "ci_low": -0.5, "ci_high": 0.0}, "A", "B")[1].startswith("higher in A")
-    assert verdict(a, {"rho": 0.1, "ci_low": None, "ci_high": None}, "A", "B")[0] is None
+    assert verdict({"diff": 0.1, "ci_low": -0.02, "ci_high": 0.2, "p": 0.2}, "A", "B") == \
+        (False, "not distinguishable (paired 95 % CI of ρ_B − ρ_A contains 0)")
+    assert verdict({"diff": 0.1, "ci_low": 0.02, "ci_high": 0.2, "p": 0.01}, "A", "B") == \
+        (True, "higher in B (paired 95 % CI of ρ_B − ρ_A excludes 0, p = 0.01)")
+    assert verdict({"diff": -0.3, "ci_low": -0.5, "ci_high": -0.1, "p": 0.002}, "A", "B")[1].startswith("higher in A")
+    assert verdict({"diff": None, "ci_low": None, "ci_high": None}, "A", "B")[0] is None
 
 
 def test_compare_rejects_bad_inputs(outputs, tmp_path, capsys):

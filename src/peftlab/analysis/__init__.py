@@ -7,5 +7,4 @@
     analyze.py   `peftlab analyze`;  compare.py  `peftlab compare`
     aggregate.py `peftlab aggregate` (across seeds);  ranks.py  `peftlab compare-ranks`
     report.py    self-contained HTML (`write_report`, `study_report`)
-    fixtures.py  synthetic contract-shaped run directories for tests and demos
 """

@@ -7,8 +7,10 @@ Writes `<out>/MULTI_SEED/<TASK>/`: aggregate.json, aggregate.csv, fig_aggregate.
   interval across seeds: mean ± t_{0.975, n−1} · s / √n (n = number of seeds; None for n < 2).
   The t-interval treats seeds as independent draws and the per-seed values as roughly normal.
 - Stability of each head's importance and update across seeds: for each column (I_pre, I_post, G,
-  U, Urel), the Spearman ρ between two seeds' per-head values, for every pair of seeds; reported as
-  the mean (and min, max) over pairs.
+  U, Urel, and the Taylor scores taylor_pre/taylor_post under their own names), the Spearman ρ between
+  two seeds' per-head values, for every pair of seeds; reported as the mean (and min, max) over pairs.
+  Exact and Taylor values are never pooled: a statistic keyed `taylor_pre~U` is aggregated apart from
+  `I_pre~U`, over the seeds that have it (its `n` says how many).
 Runs are analysed first when their `analysis/` is missing.
 """
 
@@ -27,7 +29,7 @@ from peftlab.analysis.tables import canonical_task, parse_label, read_run_meta, 
 from peftlab.errors import PeftlabError
 from peftlab.io import atomic_write_json, atomic_write_text
 
-STABILITY_COLUMNS = ("I_pre", "I_post", "G", "U", "Urel")
+STABILITY_COLUMNS = ("I_pre", "I_post", "G", "U", "Urel", "taylor_pre", "taylor_post")
 INTERVAL = "Student-t 95 % CI across seeds: mean ± t_{0.975, n-1} · s/√n, s = sample std (ddof = 1)"
 
 
@@ -58,6 +60,10 @@ def scalar_quantities(stats: dict, final: dict | None) -> dict[str, float | None
         values[f"topk:{key}"] = entry["overlap"]
     for name in ("important_static", "plastic_unimportant"):
         values[f"cases:{name}"] = stats["counter_examples"][name]
+    for col in ("I_pre", "I_post"):  # heads whose exact importance differs from 0 (BH); absent → not measured
+        entry = (stats.get("significance") or {}).get(col) or {}
+        if entry.get("measured"):
+            values[f"significant:{col}"] = entry["n_significant"]
     values["dev_score"] = None if not final else final.get("score")
     values["train_s"] = None if not final else (final.get("timing") or {}).get("train_s")
     return values

@@ -4,9 +4,15 @@ With Q_X(q) the q-quantile of column X over all heads of the run (numpy's defaul
 interpolation, Hyndman–Fan type 7):
     important_static     : I_pre ≥ Q_I(q_hi)  and  U ≤ Q_U(q_lo)
     plastic_unimportant  : (U ≥ Q_U(q_hi)  or  G ≥ Q_G(q_hi))  and  I_pre ≤ Q_I(q_lo)
-Defaults q_hi = 0.75, q_lo = 0.25: the top and bottom quarter of heads. Under independence of I and
-U each set is expected to hold about (1 − q_hi)·q_lo·n heads (≈ 4.5 of 72). When G was not measured
+Defaults q_hi = 0.75, q_lo = 0.25: the top and bottom quarter of heads. When G was not measured
 the plastic rule uses U alone (recorded in `rule`).
+
+Chance level of each count: a permutation null. The importance column is shuffled over heads against
+(U, G), which keep their joint structure; thresholds are quantiles and do not change under the shuffle.
+The analytic (1 − q_hi)·q_lo·n (4.5 of 72) is right only for the single-condition rule; for the OR rule
+the expectation is q_lo·|{U ≥ Q_U} ∪ {G ≥ Q_G}|, ≈ 7.9 of 72 when U and G are independent, so only the
+permutation value is reported. Importance means exact I_pre; when only Taylor was measured the rules use
+`taylor_pre` and say so (`importance` field and rule text), never calling it I_pre.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from peftlab.analysis.stats import (DEFAULT_LEVEL, DEFAULT_PERMUTATIONS, DEFAULT_SEED, check_permutations,
+                                    importance_column, permutation_indices, permutation_summary)
 from peftlab.analysis.tables import head_label
 from peftlab.errors import PeftlabError
 
@@ -39,28 +47,46 @@ def _head_rows(heads: pd.DataFrame, mask, columns: list[str]) -> list[dict[str, 
     return rows
 
 
-def find_cases(heads: pd.DataFrame, q_hi: float = Q_HI, q_lo: float = Q_LO) -> dict[str, Any]:
-    """The two counter-example sets with their exact thresholds (quantile levels and values)."""
+def find_cases(heads: pd.DataFrame, q_hi: float = Q_HI, q_lo: float = Q_LO, *,
+               n_permutations: int = DEFAULT_PERMUTATIONS, seed: int = DEFAULT_SEED,
+               level: float = DEFAULT_LEVEL) -> dict[str, Any]:
+    """The two counter-example sets with their exact thresholds and permutation chance levels."""
     if not (0.0 <= q_lo < q_hi <= 1.0):
         raise PeftlabError(f"quantile levels must satisfy 0 ≤ q_lo < q_hi ≤ 1, got q_lo={q_lo}, q_hi={q_hi}; "
                            f"e.g. --q-lo 0.25 --q-hi 0.75")
-    columns = [c for c in ("I_pre", "U", "G") if c in heads]
+    check_permutations(n_permutations)
+    imp = importance_column(heads, "pre")
+    if imp is None:
+        raise PeftlabError("no importance on θ0 measured (neither exact I_pre nor taylor_pre); run "
+                           "peftlab measure RUN --steps importance_pre --importance both")
+    has_g = "G" in heads and heads["G"].notna().any()
+    columns = [c for c in (imp, "U", "G") if c in heads and heads[c].notna().any()]
     thresholds = {c: {"hi": quantile_threshold(heads[c], q_hi), "lo": quantile_threshold(heads[c], q_lo)}
                   for c in columns}
-    i_pre, update = heads["I_pre"], heads["U"]
-    static = (i_pre >= thresholds["I_pre"]["hi"]) & (update <= thresholds["U"]["lo"])
-
+    importance = heads[imp].to_numpy(float)
+    update = heads["U"].to_numpy(float)
+    important = importance >= thresholds[imp]["hi"]  # [n] (NaN compares False)
+    unimportant = importance <= thresholds[imp]["lo"]  # [n]
+    static_u = update <= thresholds["U"]["lo"]
     plastic_by_u = update >= thresholds["U"]["hi"]
-    if "G" in heads:
-        plastic_by_g = heads["G"] >= thresholds["G"]["hi"]
-        plastic_rule = "(U >= Q_U(q_hi) or G >= Q_G(q_hi)) and I_pre <= Q_I(q_lo)"
+    if has_g:
+        plastic_by_g = heads["G"].to_numpy(float) >= thresholds["G"]["hi"]
+        plastic_rule = f"(U >= Q_U(q_hi) or G >= Q_G(q_hi)) and {imp} <= Q_{imp}(q_lo)"
     else:
-        plastic_by_g = pd.Series(False, index=heads.index)
-        plastic_rule = "U >= Q_U(q_hi) and I_pre <= Q_I(q_lo)   (G not measured)"
-    unimportant = i_pre <= thresholds["I_pre"]["lo"]
-    plastic = (plastic_by_u | plastic_by_g) & unimportant
+        plastic_by_g = np.zeros(len(heads), bool)
+        plastic_rule = f"U >= Q_U(q_hi) and {imp} <= Q_{imp}(q_lo)   (G not measured)"
+    plastic_side = plastic_by_u | plastic_by_g
+    static = important & static_u
+    plastic = plastic_side & unimportant
 
-    plastic_rows = _head_rows(heads, plastic, columns)
+    # permutation null: importance shuffled over heads; (U, G) stay paired with each other
+    perms = permutation_indices(len(heads), n_permutations, seed)  # [B, n]
+    null_static = (important[perms] & static_u).sum(axis=1)  # [B]
+    null_plastic = (unimportant[perms] & plastic_side).sum(axis=1)  # [B]
+    what = f"{imp} shuffled over heads against (U, G)"
+
+    static_mask, plastic_mask = pd.Series(static, index=heads.index), pd.Series(plastic, index=heads.index)
+    plastic_rows = _head_rows(heads, plastic_mask, columns)
     for entry, by_u, by_g in zip(plastic_rows, plastic_by_u[plastic], plastic_by_g[plastic]):
         entry["by"] = [name for name, hit in (("U", by_u), ("G", by_g)) if hit]
     n = len(heads)
@@ -69,11 +95,15 @@ def find_cases(heads: pd.DataFrame, q_hi: float = Q_HI, q_lo: float = Q_LO) -> d
         "q_lo": q_lo,
         "quantile_method": QUANTILE_METHOD,
         "n_heads_total": n,
+        "importance": imp,
+        "importance_kind": "exact" if imp.startswith("I_") else "taylor (exact I_pre not measured)",
         "thresholds": thresholds,
-        "expected_by_chance": (1 - q_hi) * q_lo * n,
-        "important_static": {"rule": "I_pre >= Q_I(q_hi) and U <= Q_U(q_lo)", "count": int(static.sum()),
-                             "heads": _head_rows(heads, static, columns)},
-        "plastic_unimportant": {"rule": plastic_rule, "count": int(plastic.sum()), "heads": plastic_rows},
+        "important_static": {"rule": f"{imp} >= Q_{imp}(q_hi) and U <= Q_U(q_lo)", "count": int(static.sum()),
+                             "chance": permutation_summary(int(static.sum()), null_static, seed, level, what),
+                             "heads": _head_rows(heads, static_mask, columns)},
+        "plastic_unimportant": {"rule": plastic_rule, "count": int(plastic.sum()),
+                                "chance": permutation_summary(int(plastic.sum()), null_plastic, seed, level, what),
+                                "heads": plastic_rows},
     }
 
 

@@ -6,11 +6,15 @@ FFT vs LoRA_r8 of one seed do not overwrite each other):
     compare_metrics.json, compare_summary.txt
 Runs without `analysis/` are analysed first.
 
-Decision rule for findings: a difference between the methods is claimed only when the two 95 %
-bootstrap CIs of ρ do not overlap; otherwise the summary says "not distinguishable". A correlation
-within one run is called positive/negative only when its CI excludes 0. The paired bootstrap CI of
-the difference ρ_B − ρ_A (same head resamples in both runs) is reported alongside; the overlap rule
-is the more conservative of the two.
+Decision rule for findings: the heads are the same in both runs, so the two correlations are compared
+by the paired bootstrap of their difference Δρ = ρ_B − ρ_A (heads resampled jointly: one index row
+for both runs). A difference is claimed only when its 95 % percentile CI excludes 0 (the two-sided
+bootstrap p is reported with it); otherwise the summary says "not distinguishable". Comparing two
+separate CIs for overlap would ignore that pairing and miss differences the paired test sees. A
+correlation within one run is called positive/negative only when its CI excludes 0.
+
+Only like is compared with like: a pair is compared when both runs report it under the same key, so
+a run with exact I is never compared with a run that has only Taylor scores (key `taylor_pre~U`).
 """
 
 from __future__ import annotations
@@ -19,15 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from peftlab.analysis.analyze import load_analysis
-from peftlab.analysis.compare_figures import (MAIN_PAIRS, POST_PAIRS, fig_compare_I_vs_U, fig_compare_stats,
-                                              fig_headwise, fig_update_dist)
+from peftlab.analysis.compare_figures import (fig_compare_I_vs_U, fig_compare_stats, fig_headwise,
+                                              fig_update_dist)
 from peftlab.analysis.figures import DEFAULT_DPI
 from peftlab.analysis.stats import format_rho, intervals_overlap, paired_difference, spearman_with_ci
 from peftlab.analysis.tables import load_heads, loss_unit, read_run_meta
 from peftlab.errors import PeftlabError
 from peftlab.io import atomic_write_json, atomic_write_text
 
-FINDING_PAIRS = ("I_pre~U", "I_pre~Urel", "I_pre~G", "I_post~U")
+FINDING_PAIRS = ("I_pre~U", "I_pre~Urel", "I_pre~G", "I_post~U",
+                 "taylor_pre~U", "taylor_pre~Urel", "taylor_pre~G", "taylor_post~U")
 HEADWISE_COLUMNS = ("U", "Urel", "I_post", "I_pre", "G")
 
 
@@ -61,15 +66,18 @@ def compare_dir_for(out: str | Path, meta_a, meta_b) -> Path:
     return Path(out) / "COMPARE" / meta_a.task / seed / f"{label_a}_vs_{label_b}"
 
 
-def verdict(entry_a: dict, entry_b: dict, label_a: str, label_b: str) -> tuple[bool | None, str]:
-    """(CIs overlap?, text): 'not distinguishable (CIs overlap)' or 'higher in <label> (CIs do not overlap)'."""
-    overlap = intervals_overlap(entry_a, entry_b)
-    if overlap is None:
-        return None, "n/a (a CI is missing)"
-    if overlap:
-        return True, "not distinguishable (CIs overlap)"
-    higher = label_a if entry_a["rho"] > entry_b["rho"] else label_b
-    return False, f"higher in {higher} (CIs do not overlap)"
+def verdict(diff: dict, label_a: str, label_b: str) -> tuple[bool | None, str]:
+    """(distinguishable?, text) from the paired bootstrap of Δρ = ρ_B − ρ_A.
+
+    'not distinguishable (paired 95 % CI of Δρ contains 0)' or 'higher in <label> (paired 95 % CI of Δρ
+    excludes 0, p = …)'.
+    """
+    if diff.get("diff") is None or diff.get("ci_low") is None:
+        return None, "n/a (paired difference undefined)"
+    if diff["ci_low"] <= 0.0 <= diff["ci_high"]:
+        return False, "not distinguishable (paired 95 % CI of ρ_B − ρ_A contains 0)"
+    higher = label_b if diff["diff"] > 0 else label_a
+    return True, f"higher in {higher} (paired 95 % CI of ρ_B − ρ_A excludes 0, p = {diff['p']:.2g})"
 
 
 def sign_phrase(entry: dict) -> str:
@@ -86,39 +94,52 @@ def sign_phrase(entry: dict) -> str:
 def _fmt_diff(diff: dict) -> str:
     if diff.get("diff") is None:
         return "n/a"
-    return f"{diff['diff']:+.2f} [{diff['ci_low']:+.2f}, {diff['ci_high']:+.2f}]"
+    p = "" if diff.get("p") is None else f", p={diff['p']:.2g}"
+    return f"{diff['diff']:+.2f} [{diff['ci_low']:+.2f}, {diff['ci_high']:+.2f}]{p}"
 
 
 def build_metrics(labels: tuple[str, str], metas, analyses, headwise: dict, n_resamples: int, seed: int) -> dict:
-    """compare_metrics.json: both runs' statistics side by side with differences and verdicts."""
+    """compare_metrics.json: both runs' statistics side by side with paired differences and verdicts."""
     (label_a, label_b), (meta_a, meta_b) = labels, metas
-    (heads_a, stats_a, cases_a), (heads_b, stats_b, _) = analyses
+    (heads_a, stats_a, cases_a), (heads_b, stats_b, cases_b) = analyses
     aligned = heads_a.merge(heads_b, on=["layer", "head"], suffixes=("_a", "_b"))
     spearman: dict[str, Any] = {}
-    for key in (*MAIN_PAIRS, *POST_PAIRS):
+    skipped: dict[str, str] = {}
+    keys = list(dict.fromkeys([*stats_a["spearman"], *stats_b["spearman"]]))
+    for key in keys:
         entry_a, entry_b = stats_a["spearman"].get(key), stats_b["spearman"].get(key)
         if not entry_a or not entry_b:
+            missing = label_b if entry_a else label_a
+            skipped[key] = f"not measured the same way in {missing} (only like is compared with like)"
             continue
         x, y = entry_a["x"], entry_a["y"]
         diff = paired_difference(aligned[f"{x}_a"], aligned[f"{y}_a"], aligned[f"{x}_b"], aligned[f"{y}_b"],
                                  n_resamples, seed)
-        overlap, text = verdict(entry_a, entry_b, label_a, label_b)
-        spearman[key] = {"a": entry_a, "b": entry_b, "diff_b_minus_a": diff, "cis_overlap": overlap, "verdict": text}
+        distinguishable, text = verdict(diff, label_a, label_b)
+        spearman[key] = {"a": entry_a, "b": entry_b, "diff_b_minus_a": diff, "distinguishable": distinguishable,
+                         "cis_overlap": intervals_overlap(entry_a, entry_b), "verdict": text}
     topk_a, topk_b = stats_a["topk"], stats_b["topk"]
     run_a = {"label": label_a, **stats_a["run"]}
     run_b = {"label": label_b, **stats_b["run"]}
+    ce_a, ce_b = stats_a["counter_examples"], stats_b["counter_examples"]
     return {
         "task": meta_a.task, "model": meta_a.model_name, "seeds": [meta_a.seed, meta_b.seed],
         "n_layers": stats_a["n_layers"], "n_heads": stats_a["n_heads"], "a": run_a, "b": run_b,
+        "synthetic": bool(run_a.get("synthetic") or run_b.get("synthetic")),
         "bootstrap": {"n_resamples": n_resamples, "seed": seed, "level": 0.95, "method": "percentile",
                       "paired": "both runs resampled with the same head indices"},
-        "rule": "a difference is claimed only when the two 95 % CIs do not overlap",
+        "rule": "a difference is claimed only when the paired 95 % bootstrap CI of ρ_B − ρ_A excludes 0",
         "spearman": spearman,
-        "topk": {"k": topk_a["k"], "n": topk_a["n"], "expected_by_chance": topk_a["expected_by_chance"],
-                 "pairs": {p: {"a": topk_a["pairs"][p]["overlap"], "b": topk_b["pairs"].get(p, {}).get("overlap")}
-                           for p in topk_a["pairs"]}},
-        "counter_examples": {"a": stats_a["counter_examples"], "b": stats_b["counter_examples"],
-                             "expected_by_chance": cases_a.get("expected_by_chance")},
+        "skipped": skipped,
+        "topk": {"k": topk_a["k"], "n": topk_a["n"],
+                 "pairs": {p: {"a": topk_a["pairs"].get(p, {}).get("overlap"),
+                               "b": topk_b["pairs"].get(p, {}).get("overlap"),
+                               "chance_a": topk_a["pairs"].get(p, {}).get("chance"),
+                               "chance_b": topk_b["pairs"].get(p, {}).get("chance")}
+                           for p in dict.fromkeys([*topk_a["pairs"], *topk_b["pairs"]])}},
+        "counter_examples": {"a": ce_a, "b": ce_b, "importance": {"a": ce_a.get("importance"),
+                                                                   "b": ce_b.get("importance")}},
+        "significance": {"a": stats_a.get("significance"), "b": stats_b.get("significance")},
         "headwise": headwise,
         "update_median": {side: {c: float(h[c].median()) for c in ("U", "Urel")}
                           for side, h in (("a", heads_a), ("b", heads_b))},
@@ -146,8 +167,15 @@ def findings(metrics: dict) -> list[str]:
             continue
         a, b = entry["a"], entry["b"]
         lines.append(f"{key}: {label_a} {format_rho(a)} ({sign_phrase(a)}), {label_b} {format_rho(b)} "
-                     f"({sign_phrase(b)}); between methods: {entry['verdict']}; "
-                     f"paired difference {label_b} − {label_a} = {_fmt_diff(entry['diff_b_minus_a'])}.")
+                     f"({sign_phrase(b)}); paired difference {label_b} − {label_a} = "
+                     f"{_fmt_diff(entry['diff_b_minus_a'])}: {entry['verdict']}.")
+    for side, label in (("a", label_a), ("b", label_b)):
+        sig = metrics.get("significance", {}).get(side) or {}
+        if sig.get("noise_level"):
+            lines.append(f"{label}: {sig['message']}.")
+    for key in metrics.get("skipped", {}):
+        if key.startswith("I_") or key.startswith("taylor_"):
+            lines.append(f"{key}: {metrics['skipped'][key]}.")
     for col in ("U", "I_post"):
         entry = metrics["headwise"].get(col)
         if entry and entry.get("rho") is not None:
@@ -155,36 +183,64 @@ def findings(metrics: dict) -> list[str]:
     return lines
 
 
+def _chance_text(chance: dict | None) -> str:
+    if not chance:
+        return "n/a"
+    return f"{chance['expected']:.1f} [{chance['ci_low']:.0f}, {chance['ci_high']:.0f}] p={chance['p']:.2g}"
+
+
+def _significance_text(sig: dict | None, col: str) -> str:
+    entry = (sig or {}).get(col) or {}
+    if not entry.get("measured"):
+        return "not measured"
+    flag = " NOISE LEVEL" if entry["noise_level"] else ""
+    return f"{entry['n_positive']} > 0, {entry['n_negative']} < 0 of {entry['n_tested']}{flag}"
+
+
 def summary_text(metrics: dict) -> str:
-    """compare_summary.txt: header, Spearman with differences, top-K overlap, counter-examples, main findings."""
+    """compare_summary.txt: header, significance, Spearman with paired differences, top-K and counter-examples
+    against their permutation chance levels, main findings."""
     a, b = metrics["a"], metrics["b"]
     la, lb = a["label"], b["label"]
     boot = metrics["bootstrap"]
+    synthetic = "SYNTHETIC DATA — not measurements. " if metrics.get("synthetic") else ""
     out = [
-        f"COMPARISON {la} vs {lb} — task {metrics['task']}, model {metrics['model']}, "
+        f"{synthetic}COMPARISON {la} vs {lb} — task {metrics['task']}, model {metrics['model']}, "
         f"{metrics['n_layers']} layers × {metrics['n_heads']} heads",
         f"A = {la}: {a['run_dir']}",
         f"B = {lb}: {b['run_dir']}",
         f"dev {a.get('main_metric') or 'score'}: {la} {_num(a.get('score'))}, {lb} {_num(b.get('score'))}",
         "",
+        "== Heads whose exact importance differs from 0 (t-test over examples, Benjamini–Hochberg q = 0.05) ==",
+        f"{'':<10}{la:<34}{lb:<34}",
+    ]
+    sig = metrics.get("significance", {})
+    for col in ("I_pre", "I_post"):
+        out.append(f"{col:<10}{_significance_text(sig.get('a'), col):<34}{_significance_text(sig.get('b'), col):<34}")
+    out += [
+        "",
         f"== Spearman correlations over heads (95 % percentile bootstrap CI, {boot['n_resamples']} resamples "
-        f"of heads, seed {boot['seed']}) ==",
-        f"{'pair':<14}{la:<28}{lb:<28}{'B − A, paired 95 % CI':<26}verdict",
+        f"of heads, seed {boot['seed']}; B − A by the paired bootstrap, heads resampled jointly) ==",
+        f"{'pair':<18}{la:<28}{lb:<28}{'B − A, paired 95 % CI, p':<34}verdict",
     ]
     for key, entry in metrics["spearman"].items():
-        out.append(f"{key:<14}{format_rho(entry['a']):<28}{format_rho(entry['b']):<28}"
-                   f"{_fmt_diff(entry['diff_b_minus_a']):<26}{entry['verdict']}")
+        out.append(f"{key:<18}{format_rho(entry['a']):<28}{format_rho(entry['b']):<28}"
+                   f"{_fmt_diff(entry['diff_b_minus_a']):<34}{entry['verdict']}")
+    for key, why in metrics.get("skipped", {}).items():
+        out.append(f"{key:<18}{why}")
     topk = metrics["topk"]
-    out += ["", f"== Top-K overlap (K = {topk['k']} of {topk['n']} heads; expected by chance K²/n = "
-                f"{topk['expected_by_chance']:.2f}) ==",
-            f"{'pair':<14}{la:<12}{lb:<12}"]
-    out += [f"{key:<14}{str(v['a']):<12}{str(v['b']):<12}" for key, v in topk["pairs"].items()]
+    out += ["", f"== Top-K overlap (K = {topk['k']} of {topk['n']} heads; chance = permutation mean "
+                f"[95 % interval] and one-sided p, importance shuffled over heads) ==",
+            f"{'pair':<18}{la:<8}{'chance':<26}{lb:<8}{'chance':<26}"]
+    out += [f"{key:<18}{str(v['a']):<8}{_chance_text(v.get('chance_a')):<26}{str(v['b']):<8}"
+            f"{_chance_text(v.get('chance_b')):<26}" for key, v in topk["pairs"].items()]
     ce = metrics["counter_examples"]
-    out += ["", f"== Counter-examples (q_hi = {ce['a']['q_hi']}, q_lo = {ce['a']['q_lo']}; expected if independent "
-                f"≈ {_num(ce.get('expected_by_chance'), 1)}) ==",
-            f"{'set':<24}{la:<12}{lb:<12}"]
+    out += ["", f"== Counter-examples (q_hi = {ce['a']['q_hi']}, q_lo = {ce['a']['q_lo']}; importance = "
+                f"{ce['importance']['a']} / {ce['importance']['b']}; chance = permutation mean [95 % interval], p) ==",
+            f"{'set':<24}{la:<8}{'chance':<26}{lb:<8}{'chance':<26}"]
     for name in ("important_static", "plastic_unimportant"):
-        out.append(f"{name:<24}{ce['a'][name]:<12}{ce['b'][name]:<12}")
+        ca, cb = ((ce[side].get("chance") or {}).get(name) for side in ("a", "b"))
+        out.append(f"{name:<24}{ce['a'][name]:<8}{_chance_text(ca):<26}{ce['b'][name]:<8}{_chance_text(cb):<26}")
     out += ["", "== Main findings ==", f"(rule: {metrics['rule']}; a within-run correlation is called positive or "
                                         f"negative only when its CI excludes 0)"]
     out += [f"- {line}" for line in metrics["findings"]] or ["- none"]

@@ -12,19 +12,28 @@ from peftlab.analysis.figures import (DEFAULT_DPI, axis_label, case_bars, new_fi
                                       scatter_panel, spearman_bars, topk_bars)
 from peftlab.analysis.stats import format_rho
 
-MAIN_PAIRS = ("I_pre~U", "I_pre~Urel", "I_pre~G", "G~U", "G~Urel")
-POST_PAIRS = ("I_pre~I_post", "I_post~U", "I_post~G")
+
+
+def is_post_pair(key: str) -> bool:
+    """Pairs involving importance on θ1 (I_post or taylor_post) go to the post-training panel."""
+    return "post" in key
 
 
 def fig_compare_I_vs_U(runs: dict[str, tuple[pd.DataFrame, dict, dict]], path: str | Path, unit: str,
                        dpi: int = DEFAULT_DPI) -> Path:
-    """U vs I_pre side by side, one panel per run; `runs` = {label: (heads, stats, cases)}."""
+    """U vs importance on θ0 side by side, one panel per run; `runs` = {label: (heads, stats, cases)}.
+
+    Importance is exact I_pre, or — only where exact was not measured — taylor_pre, named as such.
+    """
     fig, axes = new_figure(len(runs))
+    names = []
     for ax, (label, (heads, stats, cases)) in zip(axes, runs.items()):
-        entry = stats["spearman"].get("I_pre~U")
-        scatter_panel(ax, heads, "I_pre", "U", entry, case_heads(cases), unit,
-                      title=f"{label} — {rho_title('I_pre', 'U', entry)}")
-    fig.suptitle("U vs I_pre per method (counter-example heads ringed)", fontsize=11)
+        imp = (stats.get("importance_columns") or {}).get("pre") or "I_pre"
+        names.append(imp)
+        entry = stats["spearman"].get(f"{imp}~U")
+        scatter_panel(ax, heads, imp, "U", entry, case_heads(cases), unit,
+                      title=f"{label} — {rho_title(imp, 'U', entry)}")
+    fig.suptitle(f"U vs {' / '.join(dict.fromkeys(names))} per method (counter-example heads ringed)", fontsize=11)
     return save_figure(fig, path, dpi)
 
 
@@ -33,13 +42,11 @@ def fig_compare_stats(runs: dict[str, tuple[pd.DataFrame, dict, dict]], path: st
     """Four panels: Spearman with CIs, top-K overlap, counter-example counts, post-importance correlations."""
     fig, axes = new_figure(4, width=5.4, height=4.2, rows=2)
     stats = {label: s for label, (_, s, _) in runs.items()}
-    spearman_bars(axes[0], {label: {k: v for k, v in s["spearman"].items() if k in MAIN_PAIRS}
+    spearman_bars(axes[0], {label: {k: v for k, v in s["spearman"].items() if not is_post_pair(k)}
                             for label, s in stats.items()}, "importance vs plasticity/update: ρ, 95 % CI")
     topk_bars(axes[1], {label: s["topk"] for label, s in stats.items()})
-    first_cases = next(iter(runs.values()))[2]
-    case_bars(axes[2], {label: s["counter_examples"] for label, s in stats.items()},
-              first_cases.get("expected_by_chance"))
-    post = {label: {k: v for k, v in s["spearman"].items() if k in POST_PAIRS} for label, s in stats.items()}
+    case_bars(axes[2], {label: s["counter_examples"] for label, s in stats.items()})
+    post = {label: {k: v for k, v in s["spearman"].items() if is_post_pair(k)} for label, s in stats.items()}
     if any(post.values()):
         spearman_bars(axes[3], post, "post-training importance: ρ, 95 % CI")
     else:
@@ -95,7 +102,8 @@ def fig_headwise(pair_heads: pd.DataFrame, labels: tuple[str, str], headwise: di
 
     `pair_heads` holds `<col>_a`, `<col>_b` columns aligned on (layer, head).
     """
-    columns = [c for c in ("U", "I_post") if f"{c}_a" in pair_heads and f"{c}_b" in pair_heads]
+    columns = [c for c in ("U", "I_post") if f"{c}_a" in pair_heads and f"{c}_b" in pair_heads
+               and pair_heads[f"{c}_a"].notna().any() and pair_heads[f"{c}_b"].notna().any()]
     fig, axes = new_figure(len(columns))
     from matplotlib import colormaps
 

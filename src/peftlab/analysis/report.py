@@ -2,7 +2,11 @@
 
 `write_report(out_html, sections)` renders a list of `Section`s; `study_report(...)` builds the
 sections of a study from saved files only (run configs, final metrics, analyses, comparisons,
-aggregates, rank comparisons).
+aggregates, rank comparisons). The first section ("Read this first") states, per run, the dev score,
+the θ0 probe's held-out score next to its chance level, which classifiers θ0 and the plasticity
+gradients used, how many heads' importance differs from 0, the permutation chance levels, and every
+warning (noise-level importance, a probe no better than chance, Taylor standing in for exact I,
+synthetic data — the title then says SYNTHETIC).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ td:first-child, th:first-child { text-align: left; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.82em; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 .note { color: #666; font-size: 0.9em; }
+.warn { background: #fff3cd; border: 1px solid #e0b400; padding: 0.5em 1em; margin: 0.8em 0; }
+.warn li { margin: 0.2em 0; }
 """
 
 
@@ -119,59 +125,188 @@ def _probe_text(probe: dict) -> str | None:
     return ", ".join(p for p in parts if p) or None
 
 
+def _chance_text(chance: dict | None) -> str:
+    if not chance:
+        return "n/a"
+    return f"chance {chance['expected']:.1f} [{chance['ci_low']:.0f}, {chance['ci_high']:.0f}], p = {chance['p']:.2g}"
+
+
+def _count_with_chance(count, chance: dict | None) -> str:
+    return f"{count} ({_chance_text(chance)})"
+
+
+def _probe_heldout(stats: dict) -> str:
+    probe = stats.get("probe") or {}
+    if stats.get("theta0") != "probe":
+        return "no probe (θ0 classifier = random init)"
+    if not probe.get("measured"):
+        return f"not measured ({probe.get('why', 'no held-out score')})"
+    metric = probe.get("metric_name") or "metric"
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
+    text = f"{metric} {fmt(probe['heldout_metric'])} vs chance {fmt(probe.get('chance_metric'))}"
+    if probe.get("n_heldout"):
+        text += f" (n = {probe['n_heldout']} held-out rows)"
+    if probe.get("better_than_chance") is False:
+        text += " — NOT better than chance"
+    return text
+
+
+def _sig_text(stats: dict, col: str) -> str:
+    entry = (stats.get("significance") or {}).get(col)
+    if entry is None:
+        return "not measured"
+    if not entry.get("measured"):
+        return f"not measured ({entry.get('why')})"
+    text = f"{entry['n_positive']} > 0, {entry['n_negative']} < 0 of {entry['n_tested']}"
+    return text + (" — NOISE LEVEL" if entry["noise_level"] else "")
+
+
+def _noise_text(stats: dict) -> str:
+    sig = stats.get("significance") or {}
+    measured = [c for c in ("I_pre", "I_post") if (sig.get(c) or {}).get("measured")]
+    if not measured:
+        return "not measured (no I_se)"
+    flagged = sig.get("noise_level_phases") or []
+    return f"YES ({', '.join(flagged)})" if flagged else f"no ({', '.join(measured)} tested)"
+
+
+def run_warnings(stats: dict) -> list[str]:
+    """Plain-language warnings about one run's numbers (shown first in the report)."""
+    name = f"{stats['run']['label']} seed {stats['run']['seed']}"
+    out = []
+    if stats["run"].get("synthetic"):
+        out.append(f"{name}: SYNTHETIC run — these numbers are not measurements.")
+    sig = stats.get("significance") or {}
+    for col in sig.get("noise_level_phases", []):
+        out.append(f"{name}, {col}: {sig[col]['message']} (only {sig[col]['n_significant']} of "
+                   f"{sig[col]['n_tested']} heads differ from 0 after Benjamini–Hochberg).")
+    probe = stats.get("probe") or {}
+    if probe.get("measured") and probe.get("better_than_chance") is False:
+        out.append(f"{name}: the θ0 probe does not beat chance on held-out rows ({_probe_heldout(stats)}); "
+                   f"I_pre and G measured with it may carry little signal.")
+    for phase, col in (stats.get("importance_columns") or {}).items():
+        if col and not col.startswith("I_"):
+            out.append(f"{name}: exact importance on {phase} was not measured; statistics keyed '{col}~…' use the "
+                       f"first-order Taylor score |∂L/∂g|, not I.")
+    return out
+
+
+def summary_section(runs: list[tuple[Path, dict, dict]]) -> Section:
+    """The first screen: score, probe vs chance, classifiers, significant heads, chance levels, warnings."""
+    rows, warnings = [], []
+    for _, stats, cases in runs:
+        run = stats["run"]
+        topk = stats["topk"]["pairs"]
+        imp = (stats.get("importance_columns") or {}).get("pre") or "I_pre"
+        top = topk.get(f"{imp}~U")
+        ce = stats["counter_examples"]
+        chance = ce.get("chance") or {}
+        rows.append({
+            "run": f"{run['label']} seed {run['seed']}" + (" (SYNTHETIC)" if run.get("synthetic") else ""),
+            f"dev {run.get('main_metric') or 'score'}": "n/a" if run.get("score") is None else f"{run['score']:.4f}",
+            "θ0 classifier": stats.get("theta0") or "not recorded",
+            "θ0 probe, held-out vs chance": _probe_heldout(stats),
+            "plasticity classifier (G, F)": stats.get("plasticity_classifier") or "not recorded",
+            "heads with I_pre ≠ 0 (BH q=.05)": _sig_text(stats, "I_pre"),
+            "heads with I_post ≠ 0": _sig_text(stats, "I_post"),
+            "importance at noise level?": _noise_text(stats),
+            f"top-{stats['topk']['k']} overlap {imp}~U": "n/a" if not top else _count_with_chance(top["overlap"],
+                                                                                              top.get("chance")),
+            "important but static": _count_with_chance(ce["important_static"], chance.get("important_static")),
+            "plastic but unimportant": _count_with_chance(ce["plastic_unimportant"], chance.get("plastic_unimportant")),
+        })
+        warnings += run_warnings(stats)
+    blocks: list[Any] = []
+    if warnings:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+        blocks.append(Raw(f'<div class="warn"><b>Warnings</b><ul>{items}</ul></div>'))
+    else:
+        blocks.append("No warnings: importance is above noise level in every measured phase and the θ0 probe beats "
+                      "chance where it was evaluated.")
+    perm = runs[0][1].get("permutation", {}) if runs else {}
+    blocks += [pd.DataFrame(rows),
+               Raw('<p class="note">' + html.escape(
+                   "Significance: t = I/I_se over the evaluation examples, two-sided, Benjamini–Hochberg over heads "
+                   "at q = 0.05; fewer than 10 % significant heads = importance at noise level. Chance levels: the "
+                   f"importance column shuffled over heads {perm.get('n_permutations')} times (seed "
+                   f"{perm.get('seed')}); mean [95 % interval] and one-sided p = (1 + #null ≥ observed)/(B + 1).")
+                   + "</p>")]
+    return Section("Read this first", blocks)
+
+
+def _rho_or_why(entry: dict | None) -> str:
+    if not entry:
+        return "not measured"
+    if entry.get("rho") is None:
+        return f"not measured ({entry['why']})" if entry.get("why") else "n/a"
+    return _ci_text(entry)
+
+
 def _run_sections(runs: list[tuple[Path, dict, dict]]) -> list[Section]:
-    """Configs, dev scores, θ0 and Taylor agreement, statistics, counter-examples, figures."""
+    """Summary, configs, dev scores, θ0 and Taylor agreement, statistics, counter-examples, figures."""
     configs, scores, theta0, stat_rows, topk_rows, case_rows = [], [], [], [], [], []
     for run_dir, stats, cases in runs:
         label, run = stats["run"]["label"], stats["run"]
+        name = f"{label} seed {run['seed']}"
         cfg = (read_json(run_dir / "run_config.json").get("config") or {})
-        configs.append({"run": f"{label} seed {run['seed']}", "task": run["task"], "method": run["method"],
+        configs.append({"run": name, "task": run["task"], "method": run["method"],
                         "rank": run["rank"], "alpha": cfg.get("alpha") if run["rank"] else None,
                         "lr": cfg.get("lr"), "epochs": cfg.get("epochs"), "max_steps": cfg.get("max_steps"),
                         "batch_size": cfg.get("batch_size"), "model": run["model"], "dir": str(run_dir)})
         final = read_json(run_dir / "final_metrics.json") if (run_dir / "final_metrics.json").is_file() else {}
-        scores.append({"run": f"{label} seed {run['seed']}", "metric": final.get("main_metric"),
+        scores.append({"run": name, "metric": final.get("main_metric"),
                        "dev score": final.get("score"), "train s": (final.get("timing") or {}).get("train_s"),
                        "trainable params": final.get("trainable_params"),
                        "peak memory MB": final.get("peak_memory_mb")})
         taylor = stats.get("taylor_vs_exact") or {}
         probe = read_json(run_dir / "probe.json") if (run_dir / "probe.json").is_file() else {}
-        theta0.append({"run": f"{label} seed {run['seed']}", "θ0 head": stats.get("theta0"),
-                       "probe": _probe_text(probe),
-                       "Taylor vs exact, pre (ρ)": (taylor.get("pre") or {}).get("spearman"),
-                       "Taylor vs exact, post (ρ)": (taylor.get("post") or {}).get("spearman")})
-        stat_rows.append({"run": f"{label} seed {run['seed']}",
-                          **{key: _ci_text(entry) for key, entry in stats["spearman"].items()}})
+        row = {"run": name, "θ0 classifier": stats.get("theta0"),
+               "plasticity classifier": stats.get("plasticity_classifier") or "not recorded",
+               "probe (training)": _probe_text(probe), "probe held-out vs chance": _probe_heldout(stats)}
+        for phase in ("pre", "post"):
+            entry = taylor.get(phase) or {}
+            row[f"ρ(−∂L/∂g, I_{phase})"] = _rho_or_why(entry.get("-dL_dgate~I")) if entry.get("measured") else \
+                f"not measured ({entry.get('why', 'no Taylor')})"
+            row[f"ρ(|∂L/∂g|, |I_{phase}|)"] = _rho_or_why(entry.get("|dL_dgate|~|I|")) if entry.get("measured") \
+                else "not measured"
+        theta0.append(row)
+        stat_rows.append({"run": name, **{key: _ci_text(entry) for key, entry in stats["spearman"].items()}})
         topk = stats["topk"]
-        topk_rows.append({"run": f"{label} seed {run['seed']}", "K": topk["k"],
-                          "chance K²/n": topk["expected_by_chance"],
-                          **{key: v["overlap"] for key, v in topk["pairs"].items()}})
-        for name in ("important_static", "plastic_unimportant"):
-            case_rows.append({"run": f"{label} seed {run['seed']}", "set": name, "rule": cases[name]["rule"],
-                              "count": cases[name]["count"],
-                              "heads": ", ".join(h["label"] for h in cases[name]["heads"]) or "none"})
+        topk_rows.append({"run": name, "K": topk["k"],
+                          **{key: _count_with_chance(v["overlap"], v.get("chance")) for key, v in topk["pairs"].items()}})
+        for set_name in ("important_static", "plastic_unimportant"):
+            case_rows.append({"run": name, "set": set_name, "rule": cases[set_name]["rule"],
+                              "count": cases[set_name]["count"], "chance (permutation)": _chance_text(
+                                  cases[set_name].get("chance")),
+                              "heads": ", ".join(h["label"] for h in cases[set_name]["heads"]) or "none"})
     boot = runs[0][1]["bootstrap"] if runs else {}
     sections = [
+        summary_section(runs),
         Section("Runs", [pd.DataFrame(configs)]),
         Section("Dev scores and cost", [pd.DataFrame(scores)]),
         Section("θ0 for the pre-training measurements; Taylor vs exact importance", [
-            "θ0 head 'probe' = classifier trained on the frozen θ0 body before measuring I_pre and G; 'init' = the "
-            "random classifier initialisation (importances then are near zero). Taylor agreement is Spearman ρ "
-            "between |∂L/∂g| and the exact ablation ΔL over heads.", pd.DataFrame(theta0)]),
+            "θ0 classifier 'probe' = classifier trained on the frozen θ0 body before measuring I_pre; 'init' = the "
+            "random classifier initialisation (importances then are near zero). The plasticity classifier is the "
+            "one the gate gradients G, F were taken with. Taylor agreement: Spearman ρ over heads, with a 95 % "
+            "bootstrap CI, between the first-order estimate −∂L/∂g (signed) or |∂L/∂g| and the exact ablation ΔL "
+            "(or |ΔL|).", pd.DataFrame(theta0)]),
         Section("Statistics over heads", [
             f"Spearman ρ with a 95 % percentile bootstrap CI (heads resampled with replacement, "
             f"{boot.get('n_resamples')} resamples, seed {boot.get('seed')}).", pd.DataFrame(stat_rows),
-            "Top-K overlap (count of heads in both top-K sets):", pd.DataFrame(topk_rows)]),
+            "Top-K overlap (count of heads in both top-K sets) with its permutation chance level:",
+            pd.DataFrame(topk_rows)]),
         Section("Counter-example heads", [
             "Thresholds are quantiles over the run's heads (q_hi = "
             f"{runs[0][2]['q_hi'] if runs else ''}, q_lo = {runs[0][2]['q_lo'] if runs else ''}); exact values in "
-            "each run's analysis/cases.json.", pd.DataFrame(case_rows)]),
+            "each run's analysis/cases.json. Chance = permutation null (importance shuffled against U and G).",
+            pd.DataFrame(case_rows)]),
     ]
     for run_dir, stats, _ in runs:
         folder = run_dir / "analysis"
-        sections.append(Section(f"Figures: {stats['run']['label']} seed {stats['run']['seed']}",
-                                [folder / "fig_I_vs_U.png", folder / "fig_stats.png", folder / "fig_heatmaps.png"],
-                                level=3))
+        figures = [folder / "fig_I_vs_U.png", folder / "fig_stats.png", folder / "fig_heatmaps.png"]
+        if (folder / "fig_importance_ci.png").is_file():
+            figures.append(folder / "fig_importance_ci.png")
+        sections.append(Section(f"Figures: {stats['run']['label']} seed {stats['run']['seed']}", figures, level=3))
     return sections
 
 
@@ -205,4 +340,7 @@ def study_report(study_dir: str | Path, runs: list[Path], compare_dirs: list[Pat
         table = pd.read_csv(ranks_dir / "rank_comparison.csv").drop(columns=["run_dir"], errors="ignore")
         sections.append(Section("Across LoRA ranks", [table, ranks_dir / "fig_rank_comparison.png"]))
     task = loaded[0][1]["run"]["task"] if loaded else ""
-    return write_report(study_dir / "report.html", sections, title or f"peftlab study report — {task}")
+    title = title or f"peftlab study report — {task}"
+    if any(stats["run"].get("synthetic") for _, stats, _ in loaded):
+        title = f"SYNTHETIC — {title} (synthetic test data, not measurements)"
+    return write_report(study_dir / "report.html", sections, title)

@@ -1,14 +1,23 @@
 """Load a run's saved measurement files into one per-head table (the `heads.csv` of `peftlab analyze`).
 
-One row per head `(layer, head)`, in (layer, head) order:
-    layer, head, I_pre, I_post, G, F, U, Urel, U_q, U_k, U_v, U_o [, taylor_pre, taylor_post], rank_<col>...
+One row per head `(layer, head)`, in (layer, head) order (docs/CONTRACTS.md "heads.csv"):
+    layer, head, I_pre, I_pre_se, I_pre_ci_low, I_pre_ci_high, I_post, I_post_se, I_post_ci_low,
+    I_post_ci_high, G, G_se, F, U, Urel, U_q, U_k, U_v, U_o [, dL_dgate_pre, taylor_pre, dL_dgate_post,
+    taylor_post], rank_<col>...
 `rank_<col>` is 1 for the largest value (ties share the smallest rank, "min" method); NaN stays NaN.
 
-Where the columns come from (docs/CONTRACTS.md "Per-head tables"):
-    importance_pre.jsonl   → I_pre (+ taylor_pre)     `peftlab measure RUN --steps importance_pre`   required
-    update.jsonl (kind=head) → U, Urel, U_q..U_o      `peftlab measure RUN --steps update`           required
-    gradfisher_pre.jsonl   → G, F                     `peftlab measure RUN --steps gradfisher_pre`   optional
-    importance_post.jsonl  → I_post (+ taylor_post)   `peftlab measure RUN --steps importance_post`  optional
+`I_*` columns hold EXACT importance only (ablation ΔL). A row counts as exact when its `I` is not null
+and it has an ablated loss (`loss_ablate`) or an exact `impl` ("fast" | "naive"). Older Taylor-only rows
+stored the Taylor score in `I` (with `impl` and `loss_ablate` null): that value goes to `taylor_<phase>`,
+never to `I_<phase>`. Where exact I was not measured, `I_<phase>` is empty (NaN) and the statistics say
+so or use the Taylor column under its own name (see `stats.importance_column`). Older rows without
+`I_se`/`I_ci_*`/`dL_dgate`/`G_se` leave those columns empty.
+
+Where the columns come from:
+    importance_pre.jsonl   → I_pre* (+ dL_dgate_pre, taylor_pre)   `peftlab measure RUN --steps importance_pre`  required
+    update.jsonl (kind=head) → U, Urel, U_q..U_o                   `peftlab measure RUN --steps update`          required
+    gradfisher_pre.jsonl   → G, G_se, F                           `peftlab measure RUN --steps gradfisher_pre`  optional
+    importance_post.jsonl  → I_post* (+ dL_dgate_post, taylor_post) `peftlab measure RUN --steps importance_post` optional
 A missing optional file leaves its columns out and adds a note; a missing required file is a
 PeftlabError naming the command that writes it. Reads tables only — never a model.
 """
@@ -26,8 +35,16 @@ import pandas as pd
 from peftlab.errors import PeftlabError
 from peftlab.io import read_jsonl
 
-VALUE_COLUMNS = ("I_pre", "I_post", "G", "F", "U", "Urel", "U_q", "U_k", "U_v", "U_o", "taylor_pre", "taylor_post")
+PHASES = ("pre", "post")
+CI_SUFFIXES = ("_se", "_ci_low", "_ci_high")
 UPDATE_COLUMNS = ("U", "Urel", "U_q", "U_k", "U_v", "U_o")
+VALUE_COLUMNS = ("I_pre", "I_pre_se", "I_pre_ci_low", "I_pre_ci_high",
+                 "I_post", "I_post_se", "I_post_ci_low", "I_post_ci_high",
+                 "G", "G_se", "F", *UPDATE_COLUMNS,
+                 "dL_dgate_pre", "taylor_pre", "dL_dgate_post", "taylor_post")
+# ranked columns: the per-head quantities themselves (not their uncertainty, not the signed derivative)
+RANKED_COLUMNS = ("I_pre", "I_post", "G", "F", *UPDATE_COLUMNS, "taylor_pre", "taylor_post")
+EXACT_IMPLS = ("fast", "naive")
 
 
 @dataclass(frozen=True)
@@ -55,13 +72,15 @@ def measure_command(run_dir: str | Path, steps: list[str]) -> str:
 
 @dataclass
 class HeadsTable:
-    """The per-head table of one run plus what was missing."""
+    """The per-head table of one run plus what was missing and how it was measured."""
 
     heads: pd.DataFrame  # one row per head, columns as in the module docstring
     n_layers: int
     n_heads: int  # heads per layer
     notes: list[str] = field(default_factory=list)  # one line per missing optional input
-    theta0: str | None = None  # how θ0 was prepared for the pre measurements ("probe" | "init")
+    theta0: str | None = None  # classifier on θ0 for the pre measurements ("probe" | "init")
+    n_examples: dict[str, int | None] = field(default_factory=dict)  # {"pre", "post", "G"}: subset size N
+    plasticity_classifier: str | None = None  # classifier G/F were taken with ("init" | "probe"); None = not recorded
 
     @property
     def n_total(self) -> int:
@@ -89,12 +108,52 @@ def _numeric(series: pd.Series) -> pd.Series:
     return pd.to_numeric(series, errors="coerce").astype(float)  # None → NaN
 
 
+def _column(frame: pd.DataFrame, key: str) -> pd.Series:
+    """Numeric column `key` of a row table, all-NaN when the rows do not have it (older formats)."""
+    return _numeric(frame[key]) if key in frame else pd.Series(np.nan, index=frame.index)
+
+
+def measured(heads: pd.DataFrame, column: str) -> bool:
+    """True when `column` exists and holds at least one value (an all-empty column = not measured)."""
+    return column in heads and bool(heads[column].notna().any())
+
+
+def split_importance(frame: pd.DataFrame, phase: str) -> pd.DataFrame:
+    """Importance rows → layer, head, I_<phase>, I_<phase>_se/_ci_low/_ci_high, dL_dgate_<phase>, taylor_<phase>.
+
+    Exact I only where the row is an exact ablation (see the module docstring); a legacy Taylor-only
+    row's `I` becomes its Taylor score.
+    """
+    value = _column(frame, "I")
+    if "loss_ablate" in frame:
+        ablated = frame["loss_ablate"].notna()
+    else:
+        ablated = pd.Series(False, index=frame.index)
+    impl = frame["impl"] if "impl" in frame else pd.Series(None, index=frame.index)
+    exact = value.notna() & (ablated | impl.isin(EXACT_IMPLS))
+    taylor = _column(frame, "taylor")
+    taylor = taylor.where(taylor.notna() | exact, value)  # legacy Taylor-only rows: I held the Taylor score
+    out = frame[["layer", "head"]].copy()
+    out[f"I_{phase}"] = value.where(exact)
+    for suffix in CI_SUFFIXES:
+        out[f"I_{phase}{suffix}"] = _column(frame, f"I{suffix}").where(exact)
+    out[f"dL_dgate_{phase}"] = _column(frame, "dL_dgate")
+    out[f"taylor_{phase}"] = taylor
+    return out
+
+
 def add_ranks(heads: pd.DataFrame) -> pd.DataFrame:
-    """Append `rank_<col>` for every value column: 1 = largest, ties share the smallest rank."""
+    """Append `rank_<col>` for every measured ranked column: 1 = largest, ties share the smallest rank."""
     out = heads.copy()
-    for col in [c for c in VALUE_COLUMNS if c in heads]:
+    for col in [c for c in RANKED_COLUMNS if measured(heads, c)]:
         out[f"rank_{col}"] = heads[col].rank(ascending=False, method="min").astype("Int64")
     return out
+
+
+def _first(frame: pd.DataFrame, key: str):
+    if key not in frame or not frame[key].notna().any():
+        return None
+    return frame[key].dropna().iloc[0]
 
 
 def load_heads(run_dir: str | Path) -> HeadsTable:
@@ -138,35 +197,54 @@ def load_heads(run_dir: str | Path) -> HeadsTable:
                                f"({len(frame)} vs {len(grid)}); re-run: {measure_command(run_dir, [key])} --force")
 
     heads = grid.sort_values(["layer", "head"]).reset_index(drop=True)
-    theta0 = None
-
-    def merge(frame: pd.DataFrame, columns: dict[str, str]) -> None:
-        nonlocal heads
-        present = {src: dst for src, dst in columns.items() if src in frame and frame[src].notna().any()}
-        part = frame[["layer", "head", *present]].rename(columns=present)
-        for dst in present.values():
-            part[dst] = _numeric(part[dst])
-        heads = heads.merge(part, on=["layer", "head"], how="left")
-
-    merge(pre, {"I": "I_pre", "taylor": "taylor_pre"})
-    if "I_pre" not in heads:
-        raise PeftlabError(f"'{run_dir / 'importance_pre.jsonl'}' has no exact importance I (only taylor?); run: "
+    n_examples: dict[str, int | None] = {}
+    for phase in PHASES:
+        key = f"importance_{phase}"
+        if key not in frames:
+            continue
+        heads = heads.merge(split_importance(frames[key], phase), on=["layer", "head"], how="left")
+        n = _first(frames[key], "n_examples")
+        n_examples[phase] = None if n is None else int(n)
+        if not measured(heads, f"I_{phase}"):
+            what = "taylor_" + phase if measured(heads, f"taylor_{phase}") else "no importance at all"
+            notes.append(f"exact I_{phase} not measured in {key}.jsonl (only {what}); I_{phase} columns are empty "
+                         f"and the statistics name Taylor columns as such; for exact values run: "
+                         f"{measure_command(run_dir, [key])} --importance both --force")
+    if not measured(heads, "I_pre") and not measured(heads, "taylor_pre"):
+        raise PeftlabError(f"'{run_dir / 'importance_pre.jsonl'}' holds neither exact nor Taylor importance; run: "
                            f"{measure_command(run_dir, ['importance_pre'])} --importance both --force")
-    if "theta0" in pre and pre["theta0"].notna().any():
-        theta0 = str(pre["theta0"].dropna().iloc[0])
-    if "importance_post" in frames:
-        merge(frames["importance_post"], {"I": "I_post", "taylor": "taylor_post"})
+    theta0 = _first(pre, "theta0")
+    plasticity_classifier = None
     if "gradfisher_pre" in frames:
-        merge(frames["gradfisher_pre"], {"G": "G", "F": "F"})
-    merge(frames["update"], {c: c for c in UPDATE_COLUMNS})
-    if "U" not in heads:
+        grad = frames["gradfisher_pre"]
+        part = grad[["layer", "head"]].copy()
+        for col in ("G", "G_se", "F"):
+            part[col] = _column(grad, col)
+        heads = heads.merge(part, on=["layer", "head"], how="left")
+        n = _first(grad, "n_examples")
+        n_examples["G"] = None if n is None else int(n)
+        plasticity_classifier = _first(grad, "plasticity_classifier")
+    update = frames["update"]
+    part = update[["layer", "head"]].copy()
+    for col in UPDATE_COLUMNS:
+        if col in update:
+            part[col] = _numeric(update[col])
+    heads = heads.merge(part, on=["layer", "head"], how="left")
+    if not measured(heads, "U"):
         raise PeftlabError(f"'{run_dir / 'update.jsonl'}' has no U values; re-run: "
                            f"{measure_command(run_dir, ['update'])} --force")
-    if "taylor_pre" not in heads and "taylor_post" not in heads:
+    for phase in PHASES:  # Taylor columns only when measured in that phase
+        if f"taylor_{phase}" in heads and not measured(heads, f"taylor_{phase}"):
+            heads = heads.drop(columns=[f"dL_dgate_{phase}", f"taylor_{phase}"])
+        elif f"dL_dgate_{phase}" in heads and not measured(heads, f"dL_dgate_{phase}"):
+            notes.append(f"importance_{phase}.jsonl has no signed dL_dgate (older format): "
+                         f"the Spearman of (−dL_dgate, I) is not measured")
+    if not any(measured(heads, f"taylor_{phase}") for phase in PHASES):
         notes.append("no taylor importance measured (run peftlab measure with --importance both to add it)")
 
     ordered = ["layer", "head", *[c for c in VALUE_COLUMNS if c in heads]]
-    return HeadsTable(add_ranks(heads[ordered]), n_layers, n_heads, notes, theta0)
+    return HeadsTable(add_ranks(heads[ordered]), n_layers, n_heads, notes, None if theta0 is None else str(theta0),
+                      n_examples, None if plasticity_classifier is None else str(plasticity_classifier))
 
 
 # --- run metadata -------------------------------------------------------------------------------
@@ -186,6 +264,7 @@ class RunMeta:
     rank: int | None  # None for full-rank methods
     model: str | None  # None = packaged default model
     final: dict[str, Any] | None  # final_metrics.json
+    synthetic: bool = False  # run_config.json says "synthetic": true (test fixtures), never a measurement
 
     @property
     def label(self) -> str:
@@ -217,7 +296,28 @@ def read_run_meta(run_dir: str | Path) -> RunMeta:
     return RunMeta(run_dir=run_dir, task=str(info.get("task") or config.get("task")),
                    method=str(info.get("method") or config.get("method")), dir_name=run_dir.parent.parent.name,
                    seed=int(config.get("seed", match.group(1) if match else 0)), rank=rank,
-                   model=config.get("model"), final=read_final_metrics(run_dir))
+                   model=config.get("model"), final=read_final_metrics(run_dir),
+                   synthetic=bool(info.get("synthetic")))
+
+
+PROBE_KEYS = ("metric_name", "heldout_metric", "chance_metric", "better_than_chance", "heldout_loss", "chance_loss",
+              "margin_rule", "n_train", "n_heldout")
+
+
+def read_probe(run_dir: str | Path) -> dict[str, Any]:
+    """The θ0 probe's held-out score next to its chance level, from probe.json (saved table, no model).
+
+    {"measured": False, "why": ...} when probe.json is absent or predates the held-out fields.
+    """
+    from peftlab.io import read_json
+
+    path = Path(run_dir) / "probe.json"
+    if not path.is_file():
+        return {"measured": False, "why": "no probe.json (θ0 not probed, or not measured)"}
+    info = read_json(path)
+    if info.get("heldout_metric") is None:
+        return {"measured": False, "why": "probe.json has no held-out score (written before held-out evaluation)"}
+    return {"measured": True, **{k: info.get(k) for k in PROBE_KEYS}}
 
 
 def loss_unit(task: str) -> str:

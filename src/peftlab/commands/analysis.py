@@ -34,18 +34,25 @@ def register(app: typer.Typer) -> None:
     def analyze_command(
         run_dir: str = typer.Argument(..., help="A measured run directory, e.g. outputs/FFT/RTE/seed1."),
         n_resamples: int = typer.Option(1000, "--n-resamples", help="Bootstrap resamples of heads for the CIs."),
-        seed: int = typer.Option(0, "--bootstrap-seed", help="Seed of the bootstrap RNG (recorded in stats.json)."),
+        seed: int = typer.Option(0, "--bootstrap-seed",
+                                 help="Seed of the bootstrap and permutation RNGs (recorded in stats.json)."),
+        n_permutations: int = typer.Option(10000, "--n-permutations",
+                                           help="Shuffles of importance over heads for the chance levels (≥ 1000)."),
         q_hi: float = typer.Option(0.75, "--q-hi", help="Upper quantile for counter-examples (top quarter)."),
         q_lo: float = typer.Option(0.25, "--q-lo", help="Lower quantile for counter-examples (bottom quarter)."),
         top_k: Optional[int] = typer.Option(None, "--top-k", help="K of the top-K overlap (default round(20/144·n))."),
         dpi: int = typer.Option(150, "--dpi", help="Figure resolution."),
     ) -> None:
-        """Write heads.csv, stats.json, cases.json and figures into RUN_DIR/analysis/."""
+        """Write heads.csv, stats.json, cases.json and figures into RUN_DIR/analysis/.
+
+        Spearman ρ with bootstrap CIs, top-K overlap and counter-examples against permutation chance
+        levels, and which heads' exact importance differs from 0 (t-test over examples, BH q = 0.05).
+        """
         from peftlab.analysis.analyze import analyze_run
         from peftlab.io import read_json
 
         out_dir = analyze_run(run_dir, n_resamples=n_resamples, seed=seed, q_hi=q_hi, q_lo=q_lo, top_k=top_k,
-                              dpi=dpi)
+                              dpi=dpi, n_permutations=n_permutations)
         stats = read_json(out_dir / "stats.json")
         for note in stats.get("notes", []):
             typer.echo(f"note: {note}", err=True)
@@ -53,6 +60,10 @@ def register(app: typer.Typer) -> None:
             if entry.get("rho") is not None:
                 typer.echo(f"{key:<14} ρ = {entry['rho']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]",
                            err=True)
+        for col in ("I_pre", "I_post"):
+            entry = stats.get("significance", {}).get(col) or {}
+            if entry.get("measured"):
+                typer.echo(f"{col}: {entry['message']}", err=True)
         typer.echo(str(out_dir))
 
     @app.command("compare")
