@@ -262,3 +262,100 @@ def test_cli_errors_are_one_line(runs, tmp_path, capsys):
     assert code == 2 and "--theta0-classifier must be one of probe, init" in err
     code, err = _cli([str(runs["fft"]), "--plasticity-classifier", "random"], capsys)
     assert code == 2 and "--plasticity-classifier must be one of probe, init" in err
+
+
+# ---------------------------------------------------------------------- fingerprint, reuse, classifiers
+
+
+def _pre(run_dir, **kwargs):
+    return _measure(run_dir, steps="subset,importance_pre,gradfisher_pre", importance="exact", theta0="init",
+                    **kwargs)
+
+
+def test_reuse_needs_the_same_fingerprint(runs, tmp_path):
+    """A sibling is reused only when every input that changes numbers is equal: max_len, tokenizer files and
+    every file of ckpt_init (not only *.safetensors) are part of the fingerprint."""
+    out = tmp_path / "out"
+    first = _copy_run(runs["fft"], out / "FFT" / "RTE" / "seed1")
+    _pre(first)
+
+    same = _copy_run(runs["fft"], out / "SAME" / "RTE" / "seed1")
+    steps = _pre(same)["steps"]
+    assert steps["importance_pre"]["reused_from"] == str(first)  # control: an identical sibling is reused
+    assert steps["gradfisher_pre"]["reused_from"] == str(first)
+
+    longer = _copy_run(runs["fft"], out / "MAXLEN" / "RTE" / "seed1")
+    config = read_json(longer / "run_config.json")
+    config["config"]["max_len"] = 16
+    (longer / "run_config.json").write_text(json.dumps(config))
+
+    tokenizer = _copy_run(runs["fft"], out / "TOKENIZER" / "RTE" / "seed1")
+    path = tokenizer / "ckpt_init" / "tokenizer_config.json"
+    path.write_text(json.dumps(read_json(path), indent=4))  # same meaning, other bytes: still a change
+
+    weights = _copy_run(runs["fft"], out / "WEIGHTS" / "RTE" / "seed1")
+    (weights / "ckpt_init" / "pytorch_model.bin").write_bytes(b"not the same checkpoint")
+
+    for changed, key in ((longer, "max_len"), (tokenizer, "tokenizer_sha256"), (weights, "theta0_files_sha256")):
+        steps = _pre(changed)["steps"]
+        for step in ("importance_pre", "gradfisher_pre"):
+            assert "reused_from" not in steps[step], (changed, step)
+            assert steps[step]["settings"][key] != read_json(first / "measure_manifest.json")["steps"][step][
+                "settings"][key]
+    # max_len really changes the numbers: the reuse would have been wrong
+    assert read_jsonl(longer / "importance_pre.jsonl")[0]["loss_base"] != \
+        read_jsonl(first / "importance_pre.jsonl")[0]["loss_base"]
+
+
+def test_plasticity_classifier_init_by_default_and_probe_on_request(runs, tmp_path):
+    from peftlab.heads.plasticity import gradfisher
+    from peftlab.heads.subset import subset_batches
+    from peftlab.runs import load_run_model
+
+    run_dir = _copy_run(runs["lora"], tmp_path / "out" / "LoRA" / "RTE" / "seed1_r2")
+    manifest = _measure(run_dir, steps="subset,gradfisher_pre")  # theta0 probe for importance, init for G/F
+    rows = read_jsonl(run_dir / "gradfisher_pre.jsonl")
+    model, tokenizer, _ = load_run_model(run_dir, "init")  # θ0 with the seeded classifier, no probe
+    reference = gradfisher(model, subset_batches(run_dir, tokenizer, 8), progress=False)
+    assert [r["G"] for r in rows] == [r["G"] for r in reference] and [r["F"] for r in rows] == [r["F"] for r in reference]
+    assert {(r["plasticity_classifier"], r["theta0"]) for r in rows} == {("init", "probe")}
+    assert manifest["steps"]["gradfisher_pre"]["settings"]["plasticity_classifier"] == "init"
+
+    manifest = _measure(run_dir, steps="gradfisher_pre", plasticity_classifier="probe")
+    probed = read_jsonl(run_dir / "gradfisher_pre.jsonl")
+    assert {r["plasticity_classifier"] for r in probed} == {"probe"} and manifest["plasticity_classifier"] == "probe"
+    assert manifest["steps"]["gradfisher_pre"]["settings"]["probe"] is not None
+    assert [r["G"] for r in probed] != [r["G"] for r in rows]  # the classifier matters
+
+
+def test_pre_rows_carry_the_probes_held_out_quality(runs, tmp_path, monkeypatch):
+    from peftlab.heads import probe
+
+    original = probe.ensure_probe
+
+    def with_held_out(*args, **kwargs):
+        return {**original(*args, **kwargs), "heldout_loss": 0.69, "heldout_metric": 0.55, "chance_metric": 0.5,
+                "better_than_chance": False}
+
+    monkeypatch.setattr(probe, "ensure_probe", with_held_out)
+    run_dir = _copy_run(runs["fft"], tmp_path / "out" / "FFT" / "RTE" / "seed1")
+    _measure(run_dir, steps="subset,importance_pre", importance="taylor")
+    rows = read_jsonl(run_dir / "importance_pre.jsonl")
+    assert all([r[k] for k in PROBE_KEYS] == [0.69, 0.55, 0.5, False] for r in rows)
+    assert list(rows[0])[-4:] == PROBE_KEYS
+
+
+def test_cli_theta0_classifier_and_its_alias(runs, tmp_path, capsys):
+    from peftlab.cli import main
+
+    run_dir = _copy_run(runs["fft"], tmp_path / "out" / "FFT" / "RTE" / "seed1")
+    for option in ("--theta0-classifier", "--theta0"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["measure", str(run_dir), "--steps", "subset,importance_pre", "--importance", "taylor",
+                  "--subset-size", "16", "--batch-size", "8", option, "init", "--plasticity-classifier", "probe",
+                  "--force"])
+        assert exit_info.value.code == 0
+        assert {r["theta0"] for r in read_jsonl(run_dir / "importance_pre.jsonl")} == {"init"}
+        manifest = read_json(run_dir / "measure_manifest.json")
+        assert (manifest["theta0_classifier"], manifest["plasticity_classifier"]) == ("init", "probe")
+    assert "importance_pre" in capsys.readouterr().err
