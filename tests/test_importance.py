@@ -211,11 +211,15 @@ def test_minilm_rte_smoke_fast_equals_naive(data_dir):
     probe = [(0, 0), (2, 7), (5, 11)]
     measured = set(probe) | {(layer, head) for layer in (4, 5) for head in range(12)}  # keeps the test < 20 s
     skip = {(layer, head) for layer in range(6) for head in range(12)} - measured
-    fast = exact_importance(model, batches, impl="fast", progress=False, done=skip)
-    naive = exact_importance(model, batches, impl="naive", progress=False, done=skip | (measured - set(probe)))
+    fast_d, naive_d = {}, {}
+    fast = exact_importance(model, batches, impl="fast", progress=False, done=skip,
+                            on_head=lambda r: fast_d.update({(r.row["layer"], r.row["head"]): r.d}))
+    naive = exact_importance(model, batches, impl="naive", progress=False, done=skip | (measured - set(probe)),
+                             on_head=lambda r: naive_d.update({(r.row["layer"], r.row["head"]): r.d}))
     assert len(fast) == 26 and fast[0]["n_examples"] == 16 and {r["impl"] for r in fast} == {"fast"}
     by_head = {(r["layer"], r["head"]): r for r in fast}
-    assert_same_rows([by_head[h] for h in probe], naive, atol=1e-5)
+    assert_same_rows([by_head[h] for h in probe], naive, atol=1e-5)  # I and I_se
+    assert all(np.max(np.abs(fast_d[h] - naive_d[h])) <= 1e-5 for h in probe)
     assert max(abs(r["I"]) for r in fast) > 1e-4
 
 
