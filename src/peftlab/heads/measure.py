@@ -348,11 +348,12 @@ def _reuse(m: Measurement, step: str, settings: dict[str, Any]) -> str | None:
     return str(sibling)
 
 
+# step name -> fn(measurement, fingerprint); only the sweeps store the fingerprint (in their partial file).
 STEP_FUNCTIONS = {
-    "subset": step_subset,
-    "gradfisher_pre": step_gradfisher,
-    "update": step_update,
+    "subset": lambda m, settings: step_subset(m),
     "importance_pre": lambda m, settings: step_importance(m, "pre", settings),
+    "gradfisher_pre": lambda m, settings: step_gradfisher(m),
+    "update": lambda m, settings: step_update(m),
     "importance_post": lambda m, settings: step_importance(m, "post", settings),
 }
 
@@ -370,10 +371,8 @@ def run_step(m: Measurement, step: str) -> None:
     reused = _reuse(m, step, settings)
     if reused:
         m.say(f"  reused from {reused} (same θ0 files, tokenizer, subset and settings)")
-    elif step.startswith("importance_"):
-        STEP_FUNCTIONS[step](m, settings)
     else:
-        STEP_FUNCTIONS[step](m)
+        STEP_FUNCTIONS[step](m, settings)
     m.manifest.finish(step, settings, time.perf_counter() - started, m.timer.parts, reused)
 
 
