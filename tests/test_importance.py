@@ -1,4 +1,5 @@
-"""Exact head importance: fast == naive on every family; Taylor == finite differences; rows and errors."""
+"""Exact head importance: fast == naive on every family (rows and per-example differences); I_se and its
+t-interval; Taylor (signed) == finite differences and never reported as I; task metrics; rows and errors."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from peftlab.arch import target_module_names
 from peftlab.errors import PeftlabError
 from peftlab.heads.gate import ablation_gate, head_gate, ones_gate
 from peftlab.heads.importance import exact_importance, importance, iter_exact_importance, taylor_importance
+import numpy as np
 from peftlab.testing import FAMILIES, tiny_config
 
 
-ROW_KEYS = ["layer", "head", "I", "loss_base", "loss_ablate", "metric_name", "metric_base", "metric_ablate",
-            "n_examples", "impl", "taylor"]
+ROW_KEYS = ["layer", "head", "I", "I_se", "I_ci_low", "I_ci_high", "loss_base", "loss_ablate", "metric_name",
+            "metric_base", "metric_ablate", "n_examples", "impl", "dL_dgate", "taylor"]
 
 
 def assert_same_rows(fast, naive, atol=1e-6):
@@ -25,6 +27,7 @@ def assert_same_rows(fast, naive, atol=1e-6):
             assert a[key] == pytest.approx(b[key], rel=2e-6, abs=atol), (a["layer"], a["head"], key)
         # I is a difference of two losses: its rounding error scales with the losses, not with I
         assert a["I"] == pytest.approx(b["I"], abs=atol + 2e-6 * abs(b["loss_base"])), (a["layer"], a["head"])
+        assert a["I_se"] == pytest.approx(b["I_se"], abs=atol + 2e-6 * abs(b["loss_base"])), (a["layer"], a["head"])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -85,7 +88,7 @@ def test_done_heads_are_skipped_and_the_rest_come_in_order(loud_tiny_model, tiny
     seen = []
     rows = exact_importance(model, batches, impl="fast", done=done, on_head=seen.append, progress=False)
     expected = [(layer, head) for layer in range(2) for head in range(4) if (layer, head) not in done]
-    assert [(r["layer"], r["head"]) for r in rows] == expected and seen == rows
+    assert [(r["layer"], r["head"]) for r in rows] == expected and [result.row for result in seen] == rows
     full = {(r["layer"], r["head"]): r for r in exact_importance(model, batches, progress=False)}
     assert all(r["I"] == full[(r["layer"], r["head"])]["I"] for r in rows)
 
@@ -94,7 +97,7 @@ def test_layer_rows_are_yielded_before_later_layers_are_computed(loud_tiny_model
     progress = []
     rows = iter_exact_importance(loud_tiny_model("bert"), tiny_batches(), progress=False,
                                  on_progress=lambda done, total: progress.append((done, total)))
-    first = next(rows)
+    first = next(rows).row
     assert (first["layer"], first["head"]) == (0, 0)
     done_so_far, total = progress[-1]
     assert done_so_far < total  # layer 1 has not run yet
@@ -152,10 +155,13 @@ def test_taylor_equals_finite_differences_of_the_subset_loss(family, loud_tiny_m
         plus, minus = ones_gate(model, dtype=torch.float64), ones_gate(model, dtype=torch.float64)
         plus[row["layer"], row["head"]] += step
         minus[row["layer"], row["head"]] -= step
-        finite = abs(float(subset_loss(plus) - subset_loss(minus)) / (2 * step))
-        assert row["taylor"] == pytest.approx(finite, rel=1e-4, abs=1e-8)
-        assert row["I"] == row["taylor"] and row["loss_ablate"] is None and row["impl"] == "taylor"
+        finite = float(subset_loss(plus) - subset_loss(minus)) / (2 * step)
+        assert row["dL_dgate"] == pytest.approx(finite, rel=1e-4, abs=1e-8)  # signed: ∂L/∂g, not |∂L/∂g|
+        assert row["taylor"] == abs(row["dL_dgate"])
+        # A Taylor score is never importance: I and its spread stay null without an ablation.
+        assert row["I"] is None and row["I_se"] is None and row["loss_ablate"] is None and row["impl"] is None
     assert max(r["taylor"] for r in rows) > 1e-3
+    assert min(r["dL_dgate"] for r in rows) < 0 < max(r["dL_dgate"] for r in rows)  # both signs occur
 
 
 def test_bad_impl_and_bad_batches_are_peftlab_errors(loud_tiny_model, tiny_batches):
@@ -205,9 +211,103 @@ def test_minilm_rte_smoke_fast_equals_naive(data_dir):
     probe = [(0, 0), (2, 7), (5, 11)]
     measured = set(probe) | {(layer, head) for layer in (4, 5) for head in range(12)}  # keeps the test < 20 s
     skip = {(layer, head) for layer in range(6) for head in range(12)} - measured
-    fast = exact_importance(model, batches, impl="fast", progress=False, done=skip)
-    naive = exact_importance(model, batches, impl="naive", progress=False, done=skip | (measured - set(probe)))
+    fast_d, naive_d = {}, {}
+    fast = exact_importance(model, batches, impl="fast", progress=False, done=skip,
+                            on_head=lambda r: fast_d.update({(r.row["layer"], r.row["head"]): r.d}))
+    naive = exact_importance(model, batches, impl="naive", progress=False, done=skip | (measured - set(probe)),
+                             on_head=lambda r: naive_d.update({(r.row["layer"], r.row["head"]): r.d}))
     assert len(fast) == 26 and fast[0]["n_examples"] == 16 and {r["impl"] for r in fast} == {"fast"}
     by_head = {(r["layer"], r["head"]): r for r in fast}
-    assert_same_rows([by_head[h] for h in probe], naive, atol=1e-5)
+    assert_same_rows([by_head[h] for h in probe], naive, atol=1e-5)  # I and I_se
+    assert all(np.max(np.abs(fast_d[h] - naive_d[h])) <= 1e-5 for h in probe)
     assert max(abs(r["I"]) for r in fast) > 1e-4
+
+
+# ---------------------------------------------------------------------- per-example differences, I_se, CI
+
+
+def _results(model, batches, impl, **kwargs):
+    return list(iter_exact_importance(model, batches, impl=impl, progress=False, **kwargs))
+
+
+@pytest.mark.parametrize("family,regression", [("bert", False), ("llama", False), ("gpt2", True)])
+def test_per_example_differences_agree_and_define_I_se_and_the_t_interval(family, regression, loud_tiny_model,
+                                                                          tiny_batches):
+    from scipy.stats import t
+
+    model = loud_tiny_model(family, num_labels=1 if regression else 2)
+    batches = tiny_batches(regression=regression)
+    fast, naive = _results(model, batches, "fast"), _results(model, batches, "naive")
+    assert {r.row["impl"] for r in fast} == {"fast"}
+    for a, b in zip(fast, naive):
+        assert a.d.dtype == np.float64 and a.d.shape == (5,)
+        assert np.max(np.abs(a.d - b.d)) <= 1e-5  # the same d_i, example by example
+        d, row = a.d, a.row
+        assert row["I"] == pytest.approx(float(np.mean(d)), abs=1e-15)
+        assert row["I"] == pytest.approx(row["loss_ablate"] - row["loss_base"], abs=1e-12)
+        se = float(np.std(d, ddof=1) / np.sqrt(5))
+        assert row["I_se"] == pytest.approx(se, rel=1e-12)
+        half = t.ppf(0.975, 4) * se
+        assert (row["I_ci_low"], row["I_ci_high"]) == (pytest.approx(row["I"] - half), pytest.approx(row["I"] + half))
+    assert max(r.row["I_se"] for r in fast) > 1e-3  # examples disagree: the spread is real
+
+
+def test_per_example_losses_are_the_models_own_loss(loud_tiny_model, tiny_batches):
+    """d_i are differences of L_i that average to the model's reported loss, with and without the head."""
+    model, batches = loud_tiny_model("roberta"), tiny_batches()
+    (result,) = _results(model, batches, "naive", done={(l, h) for l in range(2) for h in range(4)} - {(1, 3)})
+    with torch.no_grad():
+        base = [model(**b) for b in batches]
+        with head_gate(model, ablation_gate(model, 1, 3)):
+            ablated = [model(**b) for b in batches]
+    def per_example(outputs):
+        return torch.cat([torch.nn.functional.cross_entropy(o.logits.double(), b["labels"], reduction="none")
+                          for o, b in zip(outputs, batches)]).numpy()
+    np.testing.assert_allclose(result.d, per_example(ablated) - per_example(base), atol=1e-6)
+    model_mean = float(sum(o.loss * len(b["labels"]) for o, b in zip(base, batches)) / 5)
+    assert result.row["loss_base"] == pytest.approx(model_mean, abs=1e-6)
+
+
+def test_a_model_with_another_loss_is_refused(loud_tiny_model, tiny_batches):
+    model = loud_tiny_model("bert")
+    original = model.forward
+
+    def smoothed(**kwargs):  # a model whose own loss is not the mean per-example cross-entropy
+        outputs = original(**kwargs)
+        outputs.loss = torch.nn.functional.cross_entropy(outputs.logits, kwargs["labels"], label_smoothing=0.3)
+        return outputs
+
+    model.forward = smoothed
+    with pytest.raises(PeftlabError, match="not the mean per-example cross-entropy"):
+        exact_importance(model, tiny_batches(), impl="naive", progress=False)
+
+
+def test_single_example_subset_has_no_spread(loud_tiny_model, tiny_batches):
+    batch = {k: v[:1] for k, v in tiny_batches()[0].items()}
+    rows = exact_importance(loud_tiny_model("bert"), [batch], impl="fast", progress=False)
+    assert all(r["I_se"] is None and r["I_ci_low"] is None and r["I"] is not None for r in rows)
+
+
+@pytest.mark.parametrize("task,name", [("MRPC", "f1"), ("CoLA", "matthews_corr")])
+def test_the_tasks_main_metric_is_used(task, name, loud_tiny_model, tiny_batches):
+    from peftlab.tasks import metrics_from_logits
+
+    model, batches = loud_tiny_model("bert"), tiny_batches()
+    rows = exact_importance(model, batches, impl="fast", progress=False, task=task)
+    with torch.no_grad():
+        logits = torch.cat([model(**b).logits for b in batches])
+    labels = torch.cat([b["labels"] for b in batches]).numpy()
+    assert rows[0]["metric_name"] == name
+    assert rows[0]["metric_base"] == metrics_from_logits(task, logits, labels)[name]
+    assert taylor_importance(model, batches, progress=False, task=task)[0]["metric_name"] == name
+
+
+def test_ablation_module_owns_the_arithmetic():
+    """importance_fast builds rows with ablation.py and does not import importance.py (no cycle)."""
+    import inspect
+
+    import peftlab.heads.importance_fast as fast
+
+    source = inspect.getsource(fast)
+    assert "from peftlab.heads.ablation import" in source
+    assert "heads.importance import" not in source and "def importance_row" not in source

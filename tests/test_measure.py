@@ -13,16 +13,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from peftlab.errors import PeftlabError
-from peftlab.heads.measure import STEPS, measure_run, parse_steps
+from peftlab.heads.measure import STEPS, measure_run, parse_steps, probe_files
 from peftlab.io import read_json, read_jsonl
 from peftlab.testing import write_generated_rte
 
-IMPORTANCE_KEYS = ["layer", "head", "I", "loss_base", "loss_ablate", "metric_name", "metric_base", "metric_ablate",
-                   "n_examples", "theta0", "impl", "taylor"]
-GRADFISHER_KEYS = ["layer", "head", "G", "F", "n_examples", "batch_size", "per", "theta0"]
+IMPORTANCE_KEYS = ["layer", "head", "I", "I_se", "I_ci_low", "I_ci_high", "loss_base", "loss_ablate", "metric_name",
+                   "metric_base", "metric_ablate", "n_examples", "theta0", "impl", "dL_dgate", "taylor"]
+PROBE_KEYS = ["probe_heldout_loss", "probe_heldout_metric", "probe_chance_metric", "probe_better_than_chance"]
+GRADFISHER_KEYS = ["layer", "head", "G", "G_se", "F", "F_se", "n_examples", "batch_size", "per", "theta0",
+                   "plasticity_classifier"]
 
 
 def train_tiny(model_dir: Path, data_dir: Path, out: Path, method: str, max_len: int = 32) -> Path:
@@ -64,21 +67,35 @@ def test_every_output_for_every_method(runs):
         for phase in ("pre", "post"):
             rows = read_jsonl(run_dir / f"importance_{phase}.jsonl")
             assert [(r["layer"], r["head"]) for r in rows] == [(l, h) for l in range(2) for h in range(4)]
-            assert all(list(r) == IMPORTANCE_KEYS for r in rows)
-            assert all(r["I"] == r["loss_ablate"] - r["loss_base"] and r["taylor"] >= 0 for r in rows)
+            keys = IMPORTANCE_KEYS + (PROBE_KEYS if phase == "pre" else [])
+            assert all(list(r) == keys for r in rows)
+            assert all(r["I"] == pytest.approx(r["loss_ablate"] - r["loss_base"], abs=1e-12) for r in rows)
+            assert all(r["taylor"] == abs(r["dL_dgate"]) and r["I_ci_low"] < r["I"] < r["I_ci_high"] for r in rows)
             assert {r["theta0"] for r in rows} == ({"probe"} if phase == "pre" else {None})
             assert not (run_dir / f"importance_{phase}.partial.jsonl").exists()
+            d = np.load(run_dir / f"importance_{phase}_per_example.npy")
+            assert d.shape == (8, 16) and d.dtype == np.float64  # [n_layers·n_heads, N], row = layer·4 + head
+            np.testing.assert_allclose(d.mean(1), [r["I"] for r in rows], rtol=0, atol=1e-15)
+            np.testing.assert_allclose(d.std(1, ddof=1) / 4, [r["I_se"] for r in rows], rtol=1e-12)
         ratio = read_json(run_dir / "importance_taylor_vs_exact.json")
-        assert set(ratio) == {"pre", "post"} and -1 <= ratio["pre"]["spearman"] <= 1
+        assert set(ratio) == {"pre", "post"}
+        for comparison in ("signed", "magnitude"):
+            entry = ratio["pre"][comparison]
+            assert entry["ci_low"] <= entry["spearman"] <= entry["ci_high"] and 0 <= entry["p"] <= 1
+        assert ratio["pre"]["bootstrap"]["seed"] == 0 and ratio["pre"]["n_heads"] == 8
 
         grad = read_jsonl(run_dir / "gradfisher_pre.jsonl")
         assert len(grad) == 8 and all(list(r) == GRADFISHER_KEYS for r in grad)
         assert all(r["F"] >= 0 and r["G"] >= 0 and r["G"] ** 2 <= r["F"] * (1 + 1e-6) + 1e-30 for r in grad)
+        assert all(r["plasticity_classifier"] == "init" and r["G_se"] > 0 for r in grad)
+        assert manifest["plasticity_classifier"] == "init" and manifest["theta0_classifier"] == "probe"
 
         probe = read_json(run_dir / "probe.json")
         pre = read_jsonl(run_dir / "importance_pre.jsonl")
         assert probe["subset_loss"] == pre[0]["loss_base"]  # the probe head is what importance_pre measured
-        assert (run_dir / "probe_head.safetensors").is_file()
+        assert all((run_dir / name).is_file() for name in probe_files())
+        assert all(pre[0][field] == probe.get(key) for field, key in
+                   zip(PROBE_KEYS, ("heldout_loss", "heldout_metric", "chance_metric", "better_than_chance")))
 
         update = read_jsonl(run_dir / "update.jsonl")
         heads = [r for r in update if r["kind"] == "head"]
@@ -96,6 +113,10 @@ def test_every_output_for_every_method(runs):
     fft, lora = runs["fft"], runs["lora"]
     assert (fft / "importance_pre.jsonl").read_bytes() == (lora / "importance_pre.jsonl").read_bytes()
     assert manifests["lora"]["steps"]["importance_pre"]["reused_from"] == str(fft)
+    assert (fft / "importance_pre_per_example.npy").read_bytes() == (lora / "importance_pre_per_example.npy").read_bytes()
+    parts = manifests["fft"]["steps"]
+    assert parts["importance_post"]["parts"]["taylor"] > 0 and parts["importance_post"]["parts"]["exact"] > 0
+    assert parts["gradfisher_pre"]["parts"]["gradfisher"] > 0
     # θ1 differs
     assert (fft / "importance_post.jsonl").read_bytes() != (lora / "importance_post.jsonl").read_bytes()
 
@@ -117,8 +138,12 @@ def test_finished_steps_are_skipped_and_changed_settings_rerun(runs):
 
     _measure(run_dir, steps="importance_pre", importance="taylor", theta0="init")
     taylor = read_jsonl(run_dir / "importance_pre.jsonl")
-    assert all(r["theta0"] == "init" and r["impl"] is None and r["I"] == r["taylor"] and r["loss_ablate"] is None
-               for r in taylor)
+    # Taylor never passes as importance: I and its spread are null, the gradient is kept with its sign.
+    assert all(r["theta0"] == "init" and r["impl"] is None and r["I"] is None and r["I_se"] is None
+               and r["loss_ablate"] is None and r["taylor"] == abs(r["dL_dgate"]) for r in taylor)
+    assert not (run_dir / "importance_pre_per_example.npy").exists()
+    # the post sweep above was exact-only and this one Taylor-only: no comparison describes the rows any more
+    assert not (run_dir / "importance_taylor_vs_exact.json").exists()
 
 
 def test_parse_steps():
@@ -188,11 +213,14 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path, capsys):
     assert not partial.exists()
 
     measure_run(reference, steps="subset,importance_pre", subset_size=128, batch_size=64, progress=False)
-    resumed_bytes = (interrupted / "importance_pre.jsonl").read_bytes()
-    assert resumed_bytes == (reference / "importance_pre.jsonl").read_bytes()
+    for name in ("importance_pre.jsonl", "importance_pre_per_example.npy"):
+        assert (interrupted / name).read_bytes() == (reference / name).read_bytes(), name
     rows = read_jsonl(interrupted / "importance_pre.jsonl")
+    kept_d = np.array([row.pop("d") for row in kept])  # partial lines carry each head's d_i
     assert rows[: len(kept)] == kept  # the heads finished before the kill were kept, not recomputed
     assert len(rows) == 16
+    d = np.load(interrupted / "importance_pre_per_example.npy")
+    assert d.shape == (16, 128) and np.array_equal(d[: len(kept)], kept_d)
 
 
 # ---------------------------------------------------------------------- CLI errors
@@ -231,4 +259,103 @@ def test_cli_errors_are_one_line(runs, tmp_path, capsys):
     assert code == 2 and "architecture 't5' has no ArchSpec" in err
 
     code, err = _cli([str(runs["fft"]), "--theta0", "random"], capsys)
-    assert code == 2 and "--theta0 must be one of probe, init" in err
+    assert code == 2 and "--theta0-classifier must be one of probe, init" in err
+    code, err = _cli([str(runs["fft"]), "--plasticity-classifier", "random"], capsys)
+    assert code == 2 and "--plasticity-classifier must be one of probe, init" in err
+
+
+# ---------------------------------------------------------------------- fingerprint, reuse, classifiers
+
+
+def _pre(run_dir, **kwargs):
+    return _measure(run_dir, steps="subset,importance_pre,gradfisher_pre", importance="exact", theta0="init",
+                    **kwargs)
+
+
+def test_reuse_needs_the_same_fingerprint(runs, tmp_path):
+    """A sibling is reused only when every input that changes numbers is equal: max_len, tokenizer files and
+    every file of ckpt_init (not only *.safetensors) are part of the fingerprint."""
+    out = tmp_path / "out"
+    first = _copy_run(runs["fft"], out / "FFT" / "RTE" / "seed1")
+    _pre(first)
+
+    same = _copy_run(runs["fft"], out / "SAME" / "RTE" / "seed1")
+    steps = _pre(same)["steps"]
+    assert steps["importance_pre"]["reused_from"] == str(first)  # control: an identical sibling is reused
+    assert steps["gradfisher_pre"]["reused_from"] == str(first)
+
+    longer = _copy_run(runs["fft"], out / "MAXLEN" / "RTE" / "seed1")
+    config = read_json(longer / "run_config.json")
+    config["config"]["max_len"] = 16
+    (longer / "run_config.json").write_text(json.dumps(config))
+
+    tokenizer = _copy_run(runs["fft"], out / "TOKENIZER" / "RTE" / "seed1")
+    path = tokenizer / "ckpt_init" / "tokenizer_config.json"
+    path.write_text(json.dumps(read_json(path), indent=4))  # same meaning, other bytes: still a change
+
+    weights = _copy_run(runs["fft"], out / "WEIGHTS" / "RTE" / "seed1")
+    (weights / "ckpt_init" / "pytorch_model.bin").write_bytes(b"not the same checkpoint")
+
+    for changed, key in ((longer, "max_len"), (tokenizer, "tokenizer_sha256"), (weights, "theta0_files_sha256")):
+        steps = _pre(changed)["steps"]
+        for step in ("importance_pre", "gradfisher_pre"):
+            assert "reused_from" not in steps[step], (changed, step)
+            assert steps[step]["settings"][key] != read_json(first / "measure_manifest.json")["steps"][step][
+                "settings"][key]
+    # max_len really changes the numbers: the reuse would have been wrong
+    assert read_jsonl(longer / "importance_pre.jsonl")[0]["loss_base"] != \
+        read_jsonl(first / "importance_pre.jsonl")[0]["loss_base"]
+
+
+def test_plasticity_classifier_init_by_default_and_probe_on_request(runs, tmp_path):
+    from peftlab.heads.plasticity import gradfisher
+    from peftlab.heads.subset import subset_batches
+    from peftlab.runs import load_run_model
+
+    run_dir = _copy_run(runs["lora"], tmp_path / "out" / "LoRA" / "RTE" / "seed1_r2")
+    manifest = _measure(run_dir, steps="subset,gradfisher_pre")  # theta0 probe for importance, init for G/F
+    rows = read_jsonl(run_dir / "gradfisher_pre.jsonl")
+    model, tokenizer, _ = load_run_model(run_dir, "init")  # θ0 with the seeded classifier, no probe
+    reference = gradfisher(model, subset_batches(run_dir, tokenizer, 8), progress=False)
+    assert [r["G"] for r in rows] == [r["G"] for r in reference] and [r["F"] for r in rows] == [r["F"] for r in reference]
+    assert {(r["plasticity_classifier"], r["theta0"]) for r in rows} == {("init", "probe")}
+    assert manifest["steps"]["gradfisher_pre"]["settings"]["plasticity_classifier"] == "init"
+
+    manifest = _measure(run_dir, steps="gradfisher_pre", plasticity_classifier="probe")
+    probed = read_jsonl(run_dir / "gradfisher_pre.jsonl")
+    assert {r["plasticity_classifier"] for r in probed} == {"probe"} and manifest["plasticity_classifier"] == "probe"
+    assert manifest["steps"]["gradfisher_pre"]["settings"]["probe"] is not None
+    assert [r["G"] for r in probed] != [r["G"] for r in rows]  # the classifier matters
+
+
+def test_pre_rows_carry_the_probes_held_out_quality(runs, tmp_path, monkeypatch):
+    from peftlab.heads import probe
+
+    original = probe.ensure_probe
+
+    def with_held_out(*args, **kwargs):
+        return {**original(*args, **kwargs), "heldout_loss": 0.69, "heldout_metric": 0.55, "chance_metric": 0.5,
+                "better_than_chance": False}
+
+    monkeypatch.setattr(probe, "ensure_probe", with_held_out)
+    run_dir = _copy_run(runs["fft"], tmp_path / "out" / "FFT" / "RTE" / "seed1")
+    _measure(run_dir, steps="subset,importance_pre", importance="taylor")
+    rows = read_jsonl(run_dir / "importance_pre.jsonl")
+    assert all([r[k] for k in PROBE_KEYS] == [0.69, 0.55, 0.5, False] for r in rows)
+    assert list(rows[0])[-4:] == PROBE_KEYS
+
+
+def test_cli_theta0_classifier_and_its_alias(runs, tmp_path, capsys):
+    from peftlab.cli import main
+
+    run_dir = _copy_run(runs["fft"], tmp_path / "out" / "FFT" / "RTE" / "seed1")
+    for option in ("--theta0-classifier", "--theta0"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["measure", str(run_dir), "--steps", "subset,importance_pre", "--importance", "taylor",
+                  "--subset-size", "16", "--batch-size", "8", option, "init", "--plasticity-classifier", "probe",
+                  "--force"])
+        assert exit_info.value.code == 0
+        assert {r["theta0"] for r in read_jsonl(run_dir / "importance_pre.jsonl")} == {"init"}
+        manifest = read_json(run_dir / "measure_manifest.json")
+        assert (manifest["theta0_classifier"], manifest["plasticity_classifier"]) == ("init", "probe")
+    assert "importance_pre" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from peftlab.errors import PeftlabError
 from peftlab.heads.update import update_meta, update_rows
 from peftlab.testing import tiny_model
 
@@ -115,7 +116,7 @@ def test_ffn_rows_llama_combines_gate_and_up():
 
 def test_wrong_delta_shape_is_rejected():
     model = tiny_model("bert")
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(PeftlabError, match="shape"):
         update_rows(model, {"bert.encoder.layer.0.attention.self.query": torch.zeros(32, 16)})
 
 
@@ -164,3 +165,48 @@ def test_lora_delta_equals_merged_minus_base(method_name, family):
     for a, b in zip(from_delta, from_merge):
         if a["kind"] == "head":
             assert a["U"] == pytest.approx(b["U"], rel=1e-4) and a["U"] > 0
+
+
+@pytest.mark.parametrize("name", ["bert.encoder.layer.0.attention.self.bogus", "bert.pooler.dense",
+                                  "bert.embeddings.word_embeddings"])
+def test_a_delta_that_matches_no_head_or_ffn_module_fails_naming_it(name):
+    model = tiny_model("bert")
+    deltas = {"bert.encoder.layer.0.attention.self.query": torch.ones(32, 32), name: torch.ones(32, 32)}
+    with pytest.raises(PeftlabError, match=f"ΔW of {name} matches no head slice or FFN module"):
+        update_rows(model, deltas)
+
+
+def test_peft_lora_on_a_non_head_module_is_not_silently_dropped():
+    """PEFT LoRA on q and the pooler: the pooler's ΔW reaches update_rows, which refuses it by name."""
+    from peft import LoraConfig, get_peft_model
+
+    from peftlab.methods import get_method
+
+    model_init = tiny_model("bert")
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model("bert"), LoraConfig(
+        r=2, target_modules=["bert.encoder.layer.0.attention.self.query", "bert.pooler.dense"],
+        init_lora_weights=False))
+    deltas = get_method("peft-lora").delta_weights(model, model_init)
+    assert sorted(deltas) == ["bert.encoder.layer.0.attention.self.query", "bert.pooler.dense"]
+    with pytest.raises(PeftlabError, match="ΔW of bert.pooler.dense matches no head slice"):
+        update_rows(model_init, deltas)
+
+
+def test_peft_lora_delta_uses_peft_scaling_variants():
+    """rsLoRA scales by alpha/sqrt(r): ΔW from PEFT's get_delta_weight equals merged − base in fp32."""
+    from peft import LoraConfig, get_peft_model
+
+    from peftlab.methods import get_method
+
+    model_init = tiny_model("gpt2")
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model("gpt2"), LoraConfig(
+        r=4, lora_alpha=8, use_rslora=True, target_modules=["transformer.h.1.attn.c_attn"], fan_in_fan_out=True,
+        init_lora_weights=False))
+    deltas = get_method("peft-lora").delta_weights(model, model_init)
+    merged = model.merge_and_unload()
+    name = "transformer.h.1.attn.c_attn"
+    expected = (merged.get_submodule(name).weight - model_init.get_submodule(name).weight).detach()
+    assert deltas[name].dtype == torch.float32 and float(expected.abs().max()) > 1e-3
+    torch.testing.assert_close(deltas[name], expected, atol=1e-6, rtol=1e-5)

@@ -18,8 +18,14 @@ def register(app: typer.Typer) -> None:
             "subset,importance_pre,gradfisher_pre,update,importance_post (default: all)."),
         importance: str = typer.Option("exact", "--importance", help="exact | taylor | both."),
         impl: str = typer.Option("fast", "--impl", help="Exact sweep: fast (cached prefixes) | naive (reference)."),
-        theta0: str = typer.Option("probe", "--theta0",
-                                   help="θ0 head for pre measurements: probe (trained on frozen θ0) | init (random)."),
+        theta0: str = typer.Option(
+            "probe", "--theta0-classifier", "--theta0",
+            help="Classifier of θ0 for importance_pre: probe (trained on the frozen θ0 body) | init (the seeded "
+                 "classifier training starts from). --theta0 is an alias."),
+        plasticity_classifier: str = typer.Option(
+            "init", "--plasticity-classifier",
+            help="Classifier of θ0 for gradfisher_pre (G, F): init (default: the gradients training starts "
+                 "from) | probe."),
         subset_split: Optional[str] = typer.Option(
             None, "--subset-split", help="Split of the eval subset (default: dev, or train when dev is too small)."),
         subset_size: int = typer.Option(1024, "--subset-size", help="Examples in the fixed eval subset."),
@@ -36,7 +42,9 @@ def register(app: typer.Typer) -> None:
         manifest = measure_run(
             run_dir, steps=steps, importance=importance, impl=impl, theta0=theta0, subset_split=subset_split,
             subset_size=subset_size, subset_seed=subset_seed, batch_size=batch_size, force=force, console=console,
+            plasticity_classifier=plasticity_classifier,
         )
         for name, step in manifest["steps"].items():
-            state = "done" if step.get("finished") else "not finished"
-            console.print(f"{name:16s} {state:12s} {step.get('seconds', 0.0):8.1f} s")
+            state = "reused" if step.get("reused_from") else "done" if step.get("finished") else "not finished"
+            parts = ", ".join(f"{part} {seconds:.1f} s" for part, seconds in (step.get("parts") or {}).items())
+            console.print(f"{name:16s} {state:12s} {step.get('seconds') or 0.0:8.1f} s" + (f"  ({parts})" if parts else ""))

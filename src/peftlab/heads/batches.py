@@ -1,11 +1,9 @@
-"""Evaluating a model over a fixed list of batches: input checks, subset means, default metrics, progress.
+"""Evaluating a model over a fixed list of batches: input checks, devices, eval mode, progress.
 
 A *batch* is a dict of tensors as `peftlab.heads.subset.tokenize_batches` builds it:
 `input_ids`, `attention_mask` [, `token_type_ids`] and `labels` (int64 class ids, or float32 for
-regression). Every head measurement averages over ALL examples of the subset, so batch means are
-weighted by batch size:
-
-    L = Σ_b n_b · loss_b / Σ_b n_b        (loss_b = the model's own mean loss on batch b)
+regression). Every head measurement averages over ALL examples of the subset (per-example losses,
+their differences and the metrics live in `heads/ablation.py`).
 """
 
 from __future__ import annotations
@@ -44,55 +42,6 @@ def to_device(batch: dict, device) -> dict:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Accuracy = mean_i [argmax_c logits_ic == label_i] (scikit-learn)."""
-    from sklearn.metrics import accuracy_score
-
-    return float(accuracy_score(labels.cpu().numpy(), logits.argmax(-1).cpu().numpy()))
-
-
-def pearson(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Pearson r between the regression output logits[:, 0] and the labels (scipy); nan if constant."""
-    import warnings
-
-    from scipy.stats import pearsonr
-
-    predictions = logits.reshape(len(labels), -1)[:, 0].double().cpu().numpy()  # [N, 1] -> [N]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant input: r is undefined, reported as nan
-        return float(pearsonr(predictions, labels.double().cpu().numpy())[0])
-
-
-def default_metric(num_labels: int) -> tuple[str, MetricFn]:
-    """("accuracy", accuracy) for classification, ("pearson", pearson) for regression (num_labels = 1)."""
-    return ("pearson", pearson) if num_labels == 1 else ("accuracy", accuracy)
-
-
-class SubsetScore:
-    """Accumulates the subset-mean loss and the logits of every example, batch by batch."""
-
-    def __init__(self):
-        self.loss_sum = 0.0
-        self.n_examples = 0
-        self.logits: list[torch.Tensor] = []
-        self.labels: list[torch.Tensor] = []
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        n_rows = int(labels.shape[0])
-        self.loss_sum += float(loss) * n_rows  # loss is the batch mean; weight by batch size
-        self.n_examples += n_rows
-        self.logits.append(logits.detach().float().cpu())
-        self.labels.append(labels.detach().cpu())
-
-    @property
-    def loss(self) -> float:
-        """L = Σ_b n_b · loss_b / Σ_b n_b."""
-        return self.loss_sum / self.n_examples
-
-    def metric(self, metric_fn: MetricFn) -> float:
-        return float(metric_fn(torch.cat(self.logits), torch.cat(self.labels)))
 
 
 @contextmanager

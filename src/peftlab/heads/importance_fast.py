@@ -10,7 +10,8 @@ nothing before the o-proj of layer l. So, per batch:
      the last layer's attention core on all positions but its tail only at the position the
      classifier reads (`ArchSpec.read_position`) → the model's own head and loss.
 All modules are the model's own (LoRA/PEFT wrappers included), called on the same inputs, so the
-results equal the naive path up to float summation order (|ΔI| ~ 1e-7 in fp32).
+results equal the naive path up to float summation order (|ΔI| ~ 1e-7 in fp32). Rows, per-example
+losses and their differences d_i are built by `heads/ablation.py`, the same code as the naive path.
 
 Cost per head of layer l, in units of one layer on the full batch: ~0.7 (tail) + (L-2-l) full layers
 + ~0.3 (last attention core); ~0 for l = L-1. For 6 layers that is ≈ 2.3× fewer FLOPs than the naive
@@ -37,9 +38,8 @@ import torch
 import torch.nn as nn
 
 from peftlab.arch import head_shape
-from peftlab.heads.batches import MetricFn, SubsetScore, check_batches, measurement_mode, model_device, \
-    progress_bar, to_device
-from peftlab.heads.importance import importance_row, iter_naive_importance, resolve_metric
+from peftlab.heads.ablation import HeadResult, SubsetScore, importance_row, iter_naive_importance, resolve_metric
+from peftlab.heads.batches import MetricFn, check_batches, measurement_mode, model_device, progress_bar, to_device
 from peftlab.heads.layer_replay import BatchRecord, LayerReplay
 
 
@@ -80,23 +80,23 @@ def _layer_input_bytes(model: nn.Module, batches: Sequence[dict], n_layers: int)
 def iter_fast_importance(model: nn.Module, batches: Sequence[dict], metric_fn: MetricFn | None = None,
                          metric_name: str | None = None, done: Iterable[tuple[int, int]] = (),
                          progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
-                         memory_mb: float = 1024.0) -> Iterator[dict]:
-    """Yield exact-importance rows (see heads/importance.py) per head not in `done`, in (layer, head) order.
+                         memory_mb: float = 1024.0, task=None) -> Iterator[HeadResult]:
+    """Yield a `HeadResult` (row and d_i, heads/ablation.py) per head not in `done`, in (layer, head) order.
 
     Rows of layer l are yielded once layer l is finished on every batch.
     """
     check_batches(batches)
-    name, fn = resolve_metric(model, metric_fn, metric_name)
+    name, fn = resolve_metric(model, metric_fn, metric_name, task)
     done = set(done)
     replay = LayerReplay(model)
     n_layers, n_heads, d_head = replay.n_layers, replay.shape.n_heads, replay.shape.d_head
     todo = {layer: [head for head in range(n_heads) if (layer, head) not in done] for layer in range(n_layers)}
     n_todo = sum(len(heads) for heads in todo.values())
 
-    def fall_back(reason: str) -> Iterator[dict]:
+    def fall_back(reason: str) -> Iterator[HeadResult]:
         warnings.warn(f"fast exact importance is not exact for this model ({reason}); using the naive path",
                       stacklevel=3)
-        return iter_naive_importance(model, batches, metric_fn, metric_name, done, progress, on_progress)
+        return iter_naive_importance(model, batches, metric_fn, metric_name, done, progress, on_progress, task)
 
     if replay.unsupported:
         yield from fall_back(replay.unsupported)

@@ -3,51 +3,45 @@
 Steps, always in this order (a subset can be asked for with `steps=`):
 
     subset           eval_subset.json          the fixed eval subset (heads/subset.py)
-    importance_pre   importance_pre.jsonl      I on θ0 (probe or init head, heads/probe.py)
-    gradfisher_pre   gradfisher_pre.jsonl      G, F on the same θ0 (heads/plasticity.py)
+    importance_pre   importance_pre.jsonl      I ± SE on θ0 (probe or init classifier, heads/probe.py)
+                     + importance_pre_per_example.npy  (d_i of every head, exact sweeps)
+    gradfisher_pre   gradfisher_pre.jsonl      G, F ± SE on θ0 (heads/plasticity.py), with the
+                                               `plasticity_classifier` ("init" default, or "probe")
     update           update.jsonl (+ update_meta.json)   U, Urel from method.delta_weights (heads/update.py)
-    importance_post  importance_post.jsonl     I on θ1
+    importance_post  importance_post.jsonl (+ _per_example.npy)   I ± SE on θ1
 
-plus `importance_taylor_vs_exact.json` (Spearman ρ, p of Taylor vs exact) when `importance="both"`,
-`probe.json` / `probe_head.safetensors` with `theta0="probe"`, and `measure_manifest.json`
-(`{"run_dir", "steps": {name: {"settings", "seconds", "finished"}}}`), rewritten atomically when a
-step starts and when it finishes. A finished step whose settings are unchanged is skipped unless
-`force`; settings include the sha256 of eval_subset.json, so a new subset re-runs what depends on it.
+plus `importance_taylor_vs_exact.json` (heads/taylor.py) when `importance="both"`, the probe files
+(`heads.probe.PROBE_FILES`) when a probe classifier is used, and `measure_manifest.json`.
 
-Resuming: an exact sweep appends each finished head's row to `importance_<phase>.partial.jsonl`
-(first line: a header with the step settings and, for "both", the Taylor scores). A re-run with the
-same settings keeps those rows and measures only the missing heads; the final file is written only
-when every head is done (rows re-read from the partial file, sorted by (layer, head)), then the
-partial file is removed. Rows hold no timing and floats are written at full `repr` precision, so a
-resumed sweep's file is byte-identical to an uninterrupted one.
-
-Reuse across methods: θ0 (ckpt_init) is the same for the FFT and LoRA runs of one model/task/seed.
-Before measuring importance_pre / gradfisher_pre, sibling run dirs `<out>/*/<TASK>/*` are searched
-for the same finished step with identical settings (these include the sha256 of the ckpt_init weight
-files and of eval_subset.json); a match is copied (with its probe files) instead of recomputed, and
-the manifest step records `reused_from`.
+This module only orchestrates: what a step computes lives in heads/, and every decision about
+files — the manifest, the fingerprint that decides skip and sibling reuse, resuming a killed sweep —
+lives in `peftlab.bookkeeping` (see its docstring).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from peftlab.bookkeeping import STEPS, Hashes, Manifest, PartialSweep, StepTimer, copy_files, find_sibling, \
+    is_finished, step_fingerprint
 from peftlab.errors import PeftlabError
 
-STEPS = ("subset", "importance_pre", "gradfisher_pre", "update", "importance_post")
 IMPORTANCE_CHOICES = ("exact", "taylor", "both")
 IMPL_CHOICES = ("fast", "naive")
-MANIFEST_FILE = "measure_manifest.json"
+CLASSIFIER_CHOICES = ("probe", "init")
 TAYLOR_VS_EXACT_FILE = "importance_taylor_vs_exact.json"
 GRADFISHER_FILE = "gradfisher_pre.jsonl"
-IMPORTANCE_KEYS = ("layer", "head", "I", "loss_base", "loss_ablate", "metric_name", "metric_base",
-                   "metric_ablate", "n_examples", "theta0", "impl", "taylor")
-GRADFISHER_KEYS = ("layer", "head", "G", "F", "n_examples", "batch_size", "per", "theta0")
+IMPORTANCE_KEYS = ("layer", "head", "I", "I_se", "I_ci_low", "I_ci_high", "loss_base", "loss_ablate", "metric_name",
+                   "metric_base", "metric_ablate", "n_examples", "theta0", "impl", "dL_dgate", "taylor")
+# Copied from probe.json onto pre rows measured with the probe classifier (null when probe.json lacks them).
+PROBE_ROW_FIELDS = {"probe_heldout_loss": "heldout_loss", "probe_heldout_metric": "heldout_metric",
+                    "probe_chance_metric": "chance_metric", "probe_better_than_chance": "better_than_chance"}
+GRADFISHER_KEYS = ("layer", "head", "G", "G_se", "F", "F_se", "n_examples", "batch_size", "per", "theta0",
+                   "plasticity_classifier")
 
 
 def importance_file(phase: str) -> str:
@@ -56,6 +50,30 @@ def importance_file(phase: str) -> str:
 
 def partial_file(phase: str) -> str:
     return f"importance_{phase}.partial.jsonl"
+
+
+def per_example_file(phase: str) -> str:
+    return f"importance_{phase}_per_example.npy"
+
+
+def probe_files() -> tuple[str, ...]:
+    """The files the probe writes (and sibling reuse copies): `heads.probe.PROBE_FILES`."""
+    from peftlab.heads import probe
+
+    return tuple(getattr(probe, "PROBE_FILES", ("probe.json", "probe_head.safetensors")))
+
+
+def step_outputs(step: str, importance: str) -> tuple[str, ...]:
+    """Files a finished step leaves in the run dir (what skip checks and reuse copies)."""
+    if step == "subset":
+        return ("eval_subset.json",)
+    if step in ("importance_pre", "importance_post"):
+        phase = step.split("_")[1]
+        exact = (per_example_file(phase),) if importance != "taylor" else ()
+        return (importance_file(phase), *exact)
+    if step == "gradfisher_pre":
+        return (GRADFISHER_FILE,)
+    return ("update.jsonl", "update_meta.json")
 
 
 def parse_steps(steps: str | list[str] | tuple[str, ...] | None) -> list[str]:
@@ -77,16 +95,6 @@ def _choice(value: str, choices: tuple[str, ...], option: str) -> str:
     return value
 
 
-def file_sha256(*paths: Path) -> str:
-    """sha256 over the bytes of `paths` (in the given order)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_architecture(run_dir: Path) -> str:
     """The run's HF model_type, or a PeftlabError when peftlab has no ArchSpec for it (before any load)."""
     from peftlab.arch import spec_for_model_type
@@ -103,9 +111,7 @@ def check_architecture(run_dir: Path) -> str:
 class Measurement:
     """One `measure_run` call: options, the run's files, lazily loaded models and batches."""
 
-    def __init__(self, run_dir: Path, importance: str, impl: str, theta0: str, subset_split: str | None,
-                 subset_size: int, subset_seed: int, batch_size: int, force: bool, console=None,
-                 progress: bool = True):
+    def __init__(self, run_dir: Path, options: dict[str, Any], force: bool, console=None, progress: bool = True):
         from peftlab.runs import read_run_info
 
         self.run_dir = run_dir
@@ -116,108 +122,70 @@ class Measurement:
                 f"finish it first with: {self.info.train_command()}"
             )
         check_architecture(run_dir)
-        if batch_size < 1:
-            raise PeftlabError(f"--batch-size must be >= 1, got {batch_size}")
-        if subset_size < 1:
-            raise PeftlabError(f"--subset-size must be >= 1, got {subset_size}")
-        self.importance, self.impl, self.theta0 = importance, impl, theta0
-        self.subset_split, self.subset_size, self.subset_seed = subset_split, subset_size, subset_seed
-        self.batch_size, self.force, self.console, self.progress = batch_size, force, console, progress
+        if options["batch_size"] < 1:
+            raise PeftlabError(f"--batch-size must be >= 1, got {options['batch_size']}")
+        if options["subset_size"] < 1:
+            raise PeftlabError(f"--subset-size must be >= 1, got {options['subset_size']}")
+        self.options = options
+        self.importance, self.impl, self.theta0 = options["importance"], options["impl"], options["theta0"]
+        self.plasticity_classifier = options["plasticity_classifier"]
+        self.batch_size = options["batch_size"]
+        self.force, self.console, self.progress = force, console, progress
         self.config = dict(self.info.run_config.get("config", {}))
+        self.hashes = Hashes(run_dir)
+        self.manifest = Manifest(run_dir)
+        self.timer = StepTimer()
         self._models: dict[str, Any] = {}
         self._batches = None
-        self.manifest_path = run_dir / MANIFEST_FILE
-        self.manifest = self._read_manifest()
-
-    # ------------------------------------------------------------------ bookkeeping
+        self.probe_info: dict[str, Any] | None = None
 
     def say(self, text: str) -> None:
         if self.console is not None:
             self.console.print(text)
 
-    def _read_manifest(self) -> dict[str, Any]:
-        from peftlab.io import read_json
-
-        if self.manifest_path.is_file():
-            try:
-                manifest = read_json(self.manifest_path)
-                if isinstance(manifest.get("steps"), dict):
-                    return manifest
-            except ValueError:
-                pass  # unreadable: start a new one (every output is re-checked against its settings)
-        return {"run_dir": str(self.run_dir), "steps": {}}
-
-    def write_manifest(self) -> None:
-        from peftlab.io import atomic_write_json
-
-        ordered = {name: self.manifest["steps"][name] for name in STEPS if name in self.manifest["steps"]}
-        self.manifest = {**self.manifest, "steps": ordered}
-        atomic_write_json(self.manifest_path, self.manifest)
-
-    def subset_sha(self) -> str:
-        from peftlab.heads.subset import SUBSET_FILE
-
-        path = self.run_dir / SUBSET_FILE
-        if not path.is_file():
-            raise PeftlabError(f"{path} does not exist; run `peftlab measure {self.run_dir} --steps subset` first")
-        return file_sha256(path)
-
-    def weights_sha(self, which: str = "ckpt_init") -> str:
-        """sha256 of a checkpoint dir's weight files: identifies θ0 (ckpt_init) or θ1 (ckpt_final) cheaply."""
-        files = sorted((self.run_dir / which).glob("*.safetensors")) or sorted((self.run_dir / which).glob("*.bin"))
-        return file_sha256(*files) if files else ""
-
     def settings(self, step: str) -> dict[str, Any]:
-        """What determines a step's output; a finished step with equal settings is skipped."""
-        from peftlab.heads.probe import probe_settings
-
-        if step == "subset":
-            return {"split": self.subset_split, "size": self.subset_size, "seed": self.subset_seed}
-        if step == "update":
-            return {"method": self.info.method, "theta0_files_sha256": self.weights_sha("ckpt_init"),
-                    "theta1_files_sha256": self.weights_sha("ckpt_final")}
-        common = {"subset_sha256": self.subset_sha(), "batch_size": self.batch_size}
-        if step == "importance_post":
-            return {"importance": self.importance, "impl": None if self.importance == "taylor" else self.impl,
-                    "theta1_files_sha256": self.weights_sha("ckpt_final"), **common}
-        pre = {"theta0": self.theta0, "theta0_files_sha256": self.weights_sha("ckpt_init"), **common}
-        if self.theta0 == "probe":
+        """The step's fingerprint (peftlab.bookkeeping.step_fingerprint)."""
+        options = dict(self.options)
+        if step in ("importance_pre", "gradfisher_pre") and "probe" in (self.theta0, self.plasticity_classifier):
+            from peftlab.heads.probe import probe_settings
             from peftlab.heads.subset import read_subset
 
-            pre["probe"] = {k: v for k, v in probe_settings(read_subset(self.run_dir)).items() if k != "modules"}
-        if step == "gradfisher_pre":
-            return pre
-        return {"importance": self.importance, "impl": None if self.importance == "taylor" else self.impl, **pre}
+            settings = probe_settings(read_subset(self.run_dir))
+            options["probe"] = {k: v for k, v in settings.items() if k != "modules"}
+        return step_fingerprint(self.run_dir, step, options, self.info.run_config, self.hashes)
 
     # ------------------------------------------------------------------ shared inputs
 
-    def theta0_model(self):
-        """θ0 in eval mode, with the probe head when theta0="probe" (trained or reused)."""
-        if "init" not in self._models:
+    def theta0_model(self, classifier: str):
+        """θ0 in eval mode with the `classifier` "probe" (trained or reused, heads/probe.py) or "init"."""
+        if classifier not in self._models:
             from peftlab.runs import load_run_model
 
-            model, tokenizer, _ = load_run_model(self.run_dir, "init")
-            self._models["tokenizer"] = tokenizer
-            if self.theta0 == "probe":
+            with self.timer.part("load"):
+                model, tokenizer, _ = load_run_model(self.run_dir, "init")
+            self._models.setdefault("tokenizer", tokenizer)
+            if classifier == "probe":
                 from peftlab.heads.batches import progress_bar
                 from peftlab.heads.probe import PROBE_EXAMPLES, ensure_probe
                 from peftlab.heads.subset import read_subset
 
                 subset = read_subset(self.run_dir)
                 n_batches = -(-PROBE_EXAMPLES // self.batch_size)  # ceil
-                with progress_bar(n_batches, "θ0 probe features", self.progress) as advance:
+                with self.timer.part("probe"), progress_bar(n_batches, "θ0 probe features", self.progress) as advance:
                     info = ensure_probe(self.run_dir, model, tokenizer, subset, self.batch_size, force=self.force,
                                         progress=lambda done, total: advance(1))
+                self.probe_info = info
                 self.say(f"  θ0 probe: {info['settings']['modules']} trained {info['settings']['steps']} steps on "
                          f"{info['n_examples']} train rows, train loss {info['train_loss']:.4f}")
-            self._models["init"] = model.eval()
-        return self._models["init"]
+            self._models[classifier] = model.eval()
+        return self._models[classifier]
 
     def theta1_model(self):
         if "final" not in self._models:
             from peftlab.runs import load_run_model
 
-            model, tokenizer, _ = load_run_model(self.run_dir, "final")
+            with self.timer.part("load"):
+                model, tokenizer, _ = load_run_model(self.run_dir, "final")
             self._models.setdefault("tokenizer", tokenizer)
             self._models["final"] = model.eval()
         return self._models["final"]
@@ -236,16 +204,16 @@ class Measurement:
             self._batches = subset_batches(self.run_dir, self.tokenizer(), self.batch_size)
         return self._batches
 
-    def metric(self):
-        """(name, fn(logits [N, C], labels [N]) -> float): the task's main metric."""
-        from peftlab.tasks import get_task, metrics_from_logits
+    def probe_row_fields(self) -> dict[str, Any]:
+        """The probe's held-out quality for pre rows (theta0 "probe"); values null when probe.json lacks them."""
+        from peftlab.io import read_json
 
-        spec = get_task(self.info.task)
-
-        def main_metric(logits, labels) -> float:
-            return float(metrics_from_logits(spec, logits, labels.numpy())[spec.main_metric])
-
-        return spec.main_metric, main_metric
+        info = self.probe_info
+        path = self.run_dir / "probe.json"
+        if info is None and path.is_file():
+            info = read_json(path)
+        info = info or {}
+        return {field: info.get(key) for field, key in PROBE_ROW_FIELDS.items()}
 
 
 # ---------------------------------------------------------------------- steps
@@ -259,119 +227,98 @@ def _ordered(row: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 def step_subset(m: Measurement) -> None:
     from peftlab.heads.subset import make_subset, write_subset
 
-    subset = make_subset(m.info.task, m.subset_size, m.subset_seed, m.subset_split, m.config.get("data_dir"))
+    subset = make_subset(m.info.task, m.options["subset_size"], m.options["subset_seed"], m.options["subset_split"],
+                         m.config.get("data_dir"))
     write_subset(m.run_dir, subset)
     m.say(f"  subset: {subset['size']} rows of {subset['task']} {subset['split']} (seed {subset['seed']})")
 
 
-def _resume_rows(partial: Path, header: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Head rows of a partial file whose header equals `header`; None when there is none to resume.
-
-    The file is rewritten (atomically) with only its complete lines, so a line torn by a kill is never
-    continued by the next append.
-    """
-    from peftlab.io import read_jsonl, write_jsonl_atomic
-
-    if not partial.is_file():
-        return None
-    lines = read_jsonl(partial)
-    same = bool(lines) and {k: v for k, v in lines[0].items() if k != "taylor"} == header
-    if not same:
-        partial.unlink()
-        return None
-    write_jsonl_atomic(partial, lines)
-    return lines[1:]
-
-
 def step_importance(m: Measurement, phase: str, settings: dict[str, Any]) -> None:
-    """importance_pre / importance_post: exact (resumable), taylor, or both (+ Spearman ρ)."""
+    """importance_pre / importance_post: exact (resumable, with d_i), taylor, or both (+ taylor_vs_exact)."""
     from peftlab.arch import head_shape
     from peftlab.heads.importance import exact_importance, taylor_importance
-    from peftlab.io import append_jsonl, read_jsonl, write_jsonl_atomic
+    from peftlab.io import write_jsonl_atomic
 
-    model = m.theta0_model() if phase == "pre" else m.theta1_model()
-    theta0 = m.theta0 if phase == "pre" else None
-    metric_name, metric_fn = m.metric()
-    final, partial = m.run_dir / importance_file(phase), m.run_dir / partial_file(phase)
-    if m.force and partial.is_file():
-        partial.unlink()
+    model = m.theta0_model(m.theta0) if phase == "pre" else m.theta1_model()
+    extra = {"theta0": m.theta0 if phase == "pre" else None}
+    if phase == "pre" and m.theta0 == "probe":
+        extra.update(m.probe_row_fields())
+    task = m.info.task
+    final, npy = m.run_dir / importance_file(phase), m.run_dir / per_example_file(phase)
+
+    def taylor_rows() -> list[dict[str, Any]]:
+        with m.timer.part("taylor"):
+            return taylor_importance(model, m.batches(), progress=m.progress, task=task)
 
     if m.importance == "taylor":
-        rows = taylor_importance(model, m.batches(), metric_fn, metric_name, progress=m.progress)
-        # impl is null for Taylor-only rows (CONTRACTS.md: "fast"|"naive"|null); I = taylor there.
-        rows = [_ordered({**row, "theta0": theta0, "impl": None}, IMPORTANCE_KEYS) for row in rows]
+        rows = [_ordered({**row, **extra}, IMPORTANCE_KEYS) for row in taylor_rows()]
         write_jsonl_atomic(final, rows)
+        npy.unlink(missing_ok=True)  # an earlier exact sweep's d_i do not belong to these rows
         _after_importance(m, phase, rows)
         return
 
-    header = {"kind": "header", "step": f"importance_{phase}", "settings": settings}
-    done_rows = _resume_rows(partial, header) if not m.force else None
+    sweep = PartialSweep(m.run_dir / partial_file(phase), {"kind": "header", "step": f"importance_{phase}",
+                                                           "settings": settings})
+    done_rows = sweep.resume(force=m.force)
     if done_rows is None:
-        taylor = None
+        gradient = None
         if m.importance == "both":
-            taylor_rows = taylor_importance(model, m.batches(), metric_fn, metric_name, progress=m.progress)
-            taylor = [[row["layer"], row["head"], row["taylor"]] for row in taylor_rows]
-        header["taylor"] = taylor
-        append_jsonl(partial, header)
+            gradient = [[row["layer"], row["head"], row["dL_dgate"]] for row in taylor_rows()]
+        sweep.start({"dL_dgate": gradient})
         done_rows = []
     else:
-        header = read_jsonl(partial)[0]
         m.say(f"  resuming importance_{phase}: {len(done_rows)} heads already measured")
-    taylor_of = {(layer, head): value for layer, head, value in (header.get("taylor") or [])}
+    gradient_of = {(layer, head): value for layer, head, value in ((sweep.header.get("extra") or {}).get("dL_dgate")
+                                                                   or [])}
 
-    def on_head(row: dict[str, Any]) -> None:
-        row = {**row, "theta0": theta0, "taylor": taylor_of.get((row["layer"], row["head"]))}
-        append_jsonl(partial, _ordered(row, IMPORTANCE_KEYS))
+    def on_head(result) -> None:
+        row = dict(result.row)
+        dL_dgate = gradient_of.get((row["layer"], row["head"]))
+        row.update(extra, dL_dgate=dL_dgate, taylor=None if dL_dgate is None else abs(dL_dgate))
+        sweep.append(_ordered(row, IMPORTANCE_KEYS), result.d)
 
-    done = [(row["layer"], row["head"]) for row in done_rows]
-    exact_importance(model, m.batches(), m.impl, metric_fn, metric_name, done=done, on_head=on_head,
-                     progress=m.progress)
-    # The final file is built from the partial file's lines, so resumed and uninterrupted runs match.
-    rows = sorted(read_jsonl(partial)[1:], key=lambda r: (r["layer"], r["head"]))
+    with m.timer.part("exact"):
+        exact_importance(model, m.batches(), m.impl, done=[(r["layer"], r["head"]) for r in done_rows],
+                         on_head=on_head, progress=m.progress, task=task)
     shape = head_shape(model)
-    if [(r["layer"], r["head"]) for r in rows] != [(l, h) for l in range(shape.n_layers) for h in range(shape.n_heads)]:
-        raise PeftlabError(f"{partial} does not hold every head exactly once; delete it and re-run")
-    write_jsonl_atomic(final, rows)
-    partial.unlink()
+    heads = [(layer, head) for layer in range(shape.n_layers) for head in range(shape.n_heads)]
+    rows = sweep.finish(final, npy, heads)
     _after_importance(m, phase, rows)
 
 
 def _after_importance(m: Measurement, phase: str, rows: list[dict[str, Any]]) -> None:
-    """Record the probe's subset score (pre) and the Taylor-vs-exact Spearman ρ (both)."""
+    """Record the probe's subset score (pre) and the Taylor-vs-exact comparison ("both"; else drop its phase)."""
+    from peftlab.heads.taylor import taylor_vs_exact
     from peftlab.io import atomic_write_json, read_json
 
     if phase == "pre" and m.theta0 == "probe":
-        from peftlab.heads.probe import record_subset_score
+        from peftlab.heads import probe
 
-        record_subset_score(m.run_dir, rows[0]["loss_base"], rows[0]["metric_name"], rows[0]["metric_base"])
-    if m.importance != "both":
-        return
+        record = getattr(probe, "record_subset_score", None)
+        if record is not None:
+            record(m.run_dir, rows[0]["loss_base"], rows[0]["metric_name"], rows[0]["metric_base"])
     path = m.run_dir / TAYLOR_VS_EXACT_FILE
     report = read_json(path) if path.is_file() else {}
-    report[phase] = spearman_taylor_exact(rows)
-    atomic_write_json(path, {k: report[k] for k in ("pre", "post") if k in report})
-
-
-def spearman_taylor_exact(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Spearman ρ (and two-sided p, scipy) between the exact I and the Taylor score over all heads."""
-    import math
-
-    from scipy.stats import spearmanr
-
-    exact = [row["I"] for row in rows]
-    taylor = [row["taylor"] for row in rows]
-    rho, p = spearmanr(exact, taylor)
-    clean = lambda x: None if x is None or math.isnan(float(x)) else float(x)  # noqa: E731 (constant input)
-    return {"spearman": clean(rho), "p": clean(p), "n_heads": len(rows)}
+    if m.importance == "both":
+        report[phase] = taylor_vs_exact(rows)
+    else:
+        report.pop(phase, None)  # an earlier comparison no longer describes this phase's rows
+    report = {k: report[k] for k in ("pre", "post") if k in report}
+    if report:
+        atomic_write_json(path, report)
+    elif path.is_file():
+        path.unlink()
 
 
 def step_gradfisher(m: Measurement) -> None:
     from peftlab.heads.plasticity import gradfisher
     from peftlab.io import write_jsonl_atomic
 
-    rows = gradfisher(m.theta0_model(), m.batches(), per="example", progress=m.progress)
-    write_jsonl_atomic(m.run_dir / GRADFISHER_FILE, [_ordered({**r, "theta0": m.theta0}, GRADFISHER_KEYS)
-                                                     for r in rows])
+    model = m.theta0_model(m.plasticity_classifier)
+    with m.timer.part("gradfisher"):
+        rows = gradfisher(model, m.batches(), per="example", progress=m.progress)
+    extra = {"theta0": m.theta0, "plasticity_classifier": m.plasticity_classifier}
+    write_jsonl_atomic(m.run_dir / GRADFISHER_FILE, [_ordered({**r, **extra}, GRADFISHER_KEYS) for r in rows])
 
 
 def step_update(m: Measurement) -> None:
@@ -383,77 +330,50 @@ def step_update(m: Measurement) -> None:
     write_jsonl_atomic(m.run_dir / UPDATE_FILE, rows)
 
 
-STEP_OUTPUTS = {
-    "subset": ("eval_subset.json",),
-    "importance_pre": (importance_file("pre"),),
-    "gradfisher_pre": (GRADFISHER_FILE,),
-    "update": ("update.jsonl",),
-    "importance_post": (importance_file("post"),),
+def _reuse(m: Measurement, step: str, settings: dict[str, Any]) -> str | None:
+    """Copy a θ0 step's outputs (and probe files) from a sibling run with the same fingerprint."""
+    if step not in ("importance_pre", "gradfisher_pre") or m.force:
+        return None
+    uses_probe = (m.theta0 if step == "importance_pre" else m.plasticity_classifier) == "probe"
+    probe = probe_files() if uses_probe else ()
+    files = step_outputs(step, m.importance) + probe
+    sibling = find_sibling(m.run_dir, step, settings, files)
+    if sibling is None:
+        return None
+    copy_files(sibling, m.run_dir, files, keep_existing=probe)  # our own probe: same θ0 and settings, same head
+    if step == "importance_pre":
+        from peftlab.io import read_jsonl
+
+        _after_importance(m, "pre", read_jsonl(m.run_dir / importance_file("pre")))
+    return str(sibling)
+
+
+# step name -> fn(measurement, fingerprint); only the sweeps store the fingerprint (in their partial file).
+STEP_FUNCTIONS = {
+    "subset": lambda m, settings: step_subset(m),
+    "importance_pre": lambda m, settings: step_importance(m, "pre", settings),
+    "gradfisher_pre": lambda m, settings: step_gradfisher(m),
+    "update": lambda m, settings: step_update(m),
+    "importance_post": lambda m, settings: step_importance(m, "post", settings),
 }
-# What a reused pre step copies from a sibling run besides its output.
-PROBE_FILES = ("probe.json", "probe_head.safetensors")
-
-
-def _reuse_from_sibling(m: Measurement, step: str, settings: dict[str, Any]) -> str | None:
-    """Copy a pre step's output from a sibling run with the same θ0 files, subset and settings."""
-    from peftlab.io import atomic_write_bytes, read_json
-
-    task_dir = m.run_dir.parent
-    out_root = task_dir.parent.parent
-    for sibling in sorted(out_root.glob(f"*/{task_dir.name}/*")):
-        if sibling.resolve() == m.run_dir.resolve() or not (sibling / MANIFEST_FILE).is_file():
-            continue
-        try:
-            their = read_json(sibling / MANIFEST_FILE)["steps"].get(step, {})
-        except (ValueError, KeyError, OSError):
-            continue
-        files = STEP_OUTPUTS[step] + (PROBE_FILES if m.theta0 == "probe" else ())
-        if not (their.get("finished") and their.get("settings") == settings
-                and all((sibling / f).is_file() for f in files)):
-            continue
-        for name in files:
-            if name in PROBE_FILES and (m.run_dir / name).is_file():
-                continue  # keep our own probe (same settings, same θ0: same head)
-            atomic_write_bytes(m.run_dir / name, (sibling / name).read_bytes())
-        return str(sibling)
-    return None
 
 
 def run_step(m: Measurement, step: str) -> None:
     settings = m.settings(step)
-    previous = m.manifest["steps"].get(step, {})
-    outputs_exist = all((m.run_dir / f).is_file() for f in STEP_OUTPUTS[step])
-    if not m.force and previous.get("finished") and previous.get("settings") == settings and outputs_exist:
+    outputs = [m.run_dir / f for f in step_outputs(step, m.importance)]
+    if not m.force and is_finished(m.manifest, step, settings, outputs):
         m.say(f"[dim]{step}: finished earlier with the same settings, skipped[/dim]")
         return
     m.say(f"[bold]{step}[/bold]")
     started = time.perf_counter()
-    m.manifest["steps"][step] = {"settings": settings, "seconds": None, "finished": False}
-    m.write_manifest()
-    reused = None
-    if step in ("importance_pre", "gradfisher_pre") and not m.force:
-        reused = _reuse_from_sibling(m, step, settings)
+    m.timer = StepTimer()
+    m.manifest.start(step, settings)
+    reused = _reuse(m, step, settings)
     if reused:
-        m.say(f"  reused from {reused} (same θ0, subset and settings)")
-        if step == "importance_pre":
-            from peftlab.io import read_jsonl
-
-            _after_importance(m, "pre", read_jsonl(m.run_dir / importance_file("pre")))
-    elif step == "subset":
-        step_subset(m)
-    elif step == "importance_pre":
-        step_importance(m, "pre", settings)
-    elif step == "gradfisher_pre":
-        step_gradfisher(m)
-    elif step == "update":
-        step_update(m)
-    elif step == "importance_post":
-        step_importance(m, "post", settings)
-    entry = {"settings": settings, "seconds": time.perf_counter() - started, "finished": True}
-    if reused:
-        entry["reused_from"] = reused
-    m.manifest["steps"][step] = entry
-    m.write_manifest()
+        m.say(f"  reused from {reused} (same θ0 files, tokenizer, subset and settings)")
+    else:
+        STEP_FUNCTIONS[step](m, settings)
+    m.manifest.finish(step, settings, time.perf_counter() - started, m.timer.parts, reused)
 
 
 def measure_run(
@@ -469,20 +389,32 @@ def measure_run(
     force: bool = False,
     console=None,
     progress: bool = True,
+    plasticity_classifier: str = "init",
 ) -> dict[str, Any]:
     """Run the requested measurement steps on a finished run; returns `measure_manifest.json` as a dict.
 
-    importance: "exact" (ablation), "taylor" (|∂L/∂gate|) or "both"; impl: exact sweep "fast" | "naive";
-    theta0: "probe" (trained head on frozen θ0, see heads/probe.py) | "init" (the random head).
+    importance: "exact" (ablation), "taylor" (∂L/∂gate only) or "both"; impl: exact sweep "fast" | "naive";
+    theta0: the θ0 classifier of importance_pre, "probe" (trained on frozen θ0, heads/probe.py) | "init"
+    (the seeded classifier training starts from); plasticity_classifier: the same choice for gradfisher_pre
+    (default "init": the gradients training actually starts from).
     """
-    from peftlab.heads.probe import THETA0_CHOICES
+    import peftlab
 
     step_names = parse_steps(steps)
-    importance = _choice(importance, IMPORTANCE_CHOICES, "--importance")
-    impl = _choice(impl, IMPL_CHOICES, "--impl")
-    theta0 = _choice(theta0, THETA0_CHOICES, "--theta0")
-    m = Measurement(Path(run_dir), importance, impl, theta0, subset_split, int(subset_size), int(subset_seed),
-                    int(batch_size), bool(force), console, progress)
+    options = {
+        "importance": _choice(importance, IMPORTANCE_CHOICES, "--importance"),
+        "impl": _choice(impl, IMPL_CHOICES, "--impl"),
+        "theta0": _choice(theta0, CLASSIFIER_CHOICES, "--theta0-classifier"),
+        "plasticity_classifier": _choice(plasticity_classifier, CLASSIFIER_CHOICES, "--plasticity-classifier"),
+        "subset_split": subset_split,
+        "subset_size": int(subset_size),
+        "subset_seed": int(subset_seed),
+        "batch_size": int(batch_size),
+        "probe": None,
+    }
+    m = Measurement(Path(run_dir), options, bool(force), console, progress)
+    m.manifest.update(peftlab_version=peftlab.__version__, theta0_classifier=options["theta0"],
+                      plasticity_classifier=options["plasticity_classifier"])
     for step in step_names:
         run_step(m, step)
-    return json.loads(json.dumps(m.manifest))
+    return json.loads(json.dumps(m.manifest.data))

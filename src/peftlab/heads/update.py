@@ -17,7 +17,9 @@ q|k|v along d_out (q = rows 0:H, k = H:2H, v = 2H:3H of the transposed weight, H
 
 ΔW comes from `method.delta_weights(model_final, model_init)` (fp32, LoRA scale included: FFT
 θ1 − θ0, LoRA scale·B@A, which equals merged − base). A q/k/v/o/ffn module missing from it was not
-changed by the method (ΔW = 0). Only weights are compared; biases are left out.
+changed by the method (ΔW = 0). Every ΔW given must be consumed: one whose module is none of a
+layer's q/k/v/o/ffn modules (e.g. LoRA on a pooler or an embedding) would otherwise vanish from the
+table without a trace, so the step fails naming it. Only weights are compared; biases are left out.
 
 Per-layer FFN lines: U_ffn_in = ‖ΔW‖_F over all ffn_in modules (llama: gate_proj and up_proj),
 U_ffn_out over ffn_out, with Urel as above.
@@ -28,6 +30,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 from typing import Any
+
+from peftlab.errors import PeftlabError
 
 UPDATE_FILE = "update.jsonl"
 UPDATE_META_FILE = "update_meta.json"
@@ -78,14 +82,17 @@ def update_rows(model_init, deltas: dict[str, Any]) -> list[dict[str, Any]]:
     shape = head_shape(model_init)
     layers_name, layers = find_layers(model_init)
     group = shape.group_size
+    consumed: set[str] = set()
 
     def weight_and_delta(layer: int, path: str):
         name = f"{layers_name}.{layer}.{path}"
         w0 = layers[layer].get_submodule(path).weight.detach()
         delta = deltas.get(name)
+        consumed.add(name)
         delta = torch.zeros_like(w0, dtype=torch.float32) if delta is None else delta.detach().float()
         if delta.shape != w0.shape:
-            raise ValueError(f"ΔW of {name} has shape {tuple(delta.shape)}, its weight {tuple(w0.shape)}")
+            raise PeftlabError(f"ΔW of {name} has shape {tuple(delta.shape)} but its θ0 weight {tuple(w0.shape)}; "
+                               "compute ΔW from θ0 and θ1 of the same run")
         return w0, delta
 
     head_rows, ffn_rows = [], []
@@ -118,6 +125,13 @@ def update_rows(model_init, deltas: dict[str, Any]) -> list[dict[str, Any]]:
             ffn[f"U_{target}"] = math.sqrt(u_sq)
             ffn[f"Urel_{target}"] = _ratio(math.sqrt(u_sq), math.sqrt(w_sq))
         ffn_rows.append(ffn)
+    unused = sorted(set(deltas) - consumed)
+    if unused:
+        raise PeftlabError(
+            f"ΔW of {', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''} matches no head slice or FFN "
+            f"module of a {spec.family} layer (q/k/v/o/ffn paths in peftlab/arch.py), so update.jsonl cannot "
+            "account for it; train with --targets among q,k,v,o,ffn_in,ffn_out or add the module to the ArchSpec"
+        )
     # key order: U_ffn_in, U_ffn_out, Urel_ffn_in, Urel_ffn_out (as in CONTRACTS.md)
     ffn_rows = [{k: r[k] for k in ("kind", "layer", "head", "U_ffn_in", "U_ffn_out", "Urel_ffn_in", "Urel_ffn_out")}
                 for r in ffn_rows]

@@ -9,6 +9,7 @@ saves it with the adapter; it is not merged. θ1 is saved with PEFT's `save_pret
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -102,14 +103,18 @@ class PeftLoraMethod(Method):
         return model.eval()
 
     def delta_weights(self, model_final: nn.Module, model_init: nn.Module) -> dict[str, torch.Tensor]:
-        """ΔW = scale · B @ A in fp32 (on the CPU) per adapted module (transposed for Conv1D), keyed by HF module name."""
+        """ΔW per adapted module from PEFT's own `get_delta_weight(adapter)` (scale, fan_in_fan_out and any
+        variant handled by PEFT), in fp32 on the CPU, keyed by HF module name.
+
+        A layer whose adapter weights are not fp32 is copied to fp32 first, so ΔW is never computed in
+        low precision (it is what `merge` adds to the base weight: merged − base).
+        """
         deltas = {}
         for name, layer in peft_lora_layers(model_final):
-            lora_A = layer.lora_A[ADAPTER].weight.detach().float()  # [r, d_in]
-            lora_B = layer.lora_B[ADAPTER].weight.detach().float()  # [d_out, r]
-            delta = (lora_B @ lora_A) * layer.scaling[ADAPTER]  # [d_out, d_in]
-            if layer.fan_in_fan_out:
-                delta = delta.T.contiguous()  # Conv1D layout [d_in, d_out]
+            if layer.lora_A[ADAPTER].weight.dtype != torch.float32:
+                layer = copy.deepcopy(layer).float()
+            with torch.no_grad():
+                delta = layer.get_delta_weight(ADAPTER).detach().float()  # Linear [d_out, d_in]; Conv1D [d_in, d_out]
             init_weight = get_submodule(model_init, name).weight
             if delta.shape != init_weight.shape:
                 raise PeftlabError(f"PEFT LoRA update of '{name}' has shape {tuple(delta.shape)} but θ0's weight "
