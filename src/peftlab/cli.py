@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: cannot access '{name}': {err.strerror or type(err).__name__}; "
                    f"check the path and that its disk is writable, then re-run", err=True)
         sys.exit(2)
+    if code == 130:
+        # typer turns a KeyboardInterrupt inside a command into a returned exit code 130 (non-standalone
+        # mode), so the promised line is printed here; no peftlab command returns 130 itself.
+        typer.echo(INTERRUPTED, err=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 
