@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
                       else "unfinished")
         rank = f" / r={info.rank}" if info.rank is not None else ""
         console.print(Text(f"{info.run_dir}  —  {info.task} / {info.method}{rank} / seed {cfg.get('seed')}  [{status}]",
-                           style="bold"))
+                           style="bold"), soft_wrap=True)  # one line: paths and the status stay greppable
 
         table = Table(title="config", title_justify="left", show_header=False)
         for key, value in cfg.items():
