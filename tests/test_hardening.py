@@ -390,3 +390,14 @@ def test_seed_scripts_accept_task_names_in_any_case(tmp_path):
                              f'canonical_task "$(echo $n | tr a-z A-Z)"; done'], capture_output=True, text=True)
     expected = [c for c in _LOOKUP.values() for _ in range(2)]
     assert result.stdout.split() == expected
+
+
+def test_disk_full_while_checkpointing_is_one_line(tmp_path, make_cfg, monkeypatch):
+    def failed_write(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", failed_write)
+    with pytest.raises(PeftlabError, match=r"cannot write a checkpoint under .*checkpoints \(PytorchStreamWriter "
+                                           r"failed writing file data/0: file write failed\); free some space"):
+        train_run(make_cfg(tmp_path))
+    assert not (tmp_path / "FFT" / "RTE" / "seed3" / "final_metrics.json").exists()

@@ -62,7 +62,16 @@ class PeftlabTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial):
         start = time.perf_counter()
-        super()._save_checkpoint(model, trial)
+        try:
+            super()._save_checkpoint(model, trial)
+        except (OSError, RuntimeError) as err:
+            # disk full / unwritable while saving (torch.save raises RuntimeError for a failed write): one
+            # line; the torn checkpoint is skipped by the next resume (training/rundir.checkpoint_problem)
+            if isinstance(err, RuntimeError) and "writ" not in str(err).lower():
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise PeftlabError(f"cannot write a checkpoint under {self.args.output_dir} ({first}); free some "
+                               f"space or choose another --out, then re-run the same command to resume") from err
         self.ledger["checkpoint_s"] += time.perf_counter() - start
 
     # ------------------------------------------------------------ exact checkpoint weights
