@@ -66,7 +66,8 @@ def register(app: typer.Typer) -> None:
                                    "or a YAML file; comma-separate several."),
         max_train_samples: int = typer.Option(None, "--max-train-samples", help="Use the first N training rows."),
         max_eval_samples: int = typer.Option(None, "--max-eval-samples", help="Use the first N dev rows."),
-        force: bool = typer.Option(False, "--force", help="Delete and re-run a run that already exists."),
+        force: bool = typer.Option(False, "--force", help="Re-run a finished run: once every input checks out, "
+                                   "delete the files peftlab wrote in its run directory (never other files)."),
     ) -> None:
         """Fine-tune one run; writes <out>/<METHOD>/<TASK>/seed<S>[_r<R>]/ (resumes an interrupted run)."""
         from peftlab.config import load_config
