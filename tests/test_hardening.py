@@ -401,3 +401,17 @@ def test_disk_full_while_checkpointing_is_one_line(tmp_path, make_cfg, monkeypat
                                            r"failed writing file data/0: file write failed\); free some space"):
         train_run(make_cfg(tmp_path))
     assert not (tmp_path / "FFT" / "RTE" / "seed3" / "final_metrics.json").exists()
+
+
+def test_scores_table_survives_a_null_score(finished_run, tmp_path):
+    """A run whose dev metric was not finite has `"score": null`; the scores table says n/a instead of crashing."""
+    from peftlab.analysis.scores import write_scores
+
+    out = tmp_path / "outputs"
+    run = out / "FFT" / "RTE" / "seed3"
+    shutil.copytree(finished_run, run)
+    fm = read_json(run / "final_metrics.json")
+    atomic_write_json(run / "final_metrics.json", {**fm, "score": float("nan"), "dev": {"accuracy": float("nan")}})
+    assert read_json(run / "final_metrics.json")["score"] is None
+    table = (write_scores(out) / "scores.md").read_text()
+    assert "| RTE | FFT | accuracy | n/a (no finite score) | 3 |" in table

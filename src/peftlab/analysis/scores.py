@@ -96,7 +96,10 @@ def markdown_table(summary: pd.DataFrame) -> str:
              "|---|---|---|---|---|---|---|"]
     for row in summary.itertuples(index=False):
         mean, std = row.score_mean, row.score_std
-        score = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None and not math.isnan(std) else "")
+        if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+            score = "n/a (no finite score)"  # a diverged run's score is null in final_metrics.json
+        else:
+            score = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None and not math.isnan(std) else "")
         lines.append(f"| {row.task} | {row.label} | {row.main_metric} | {score} | {row.seeds} | "
                      f"{row.train_s_mean:.0f} | {row.trainable_params:,} |")
     return "\n".join(lines) + "\n"
