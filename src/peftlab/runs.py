@@ -374,5 +374,5 @@ __all__ = [
     "run_name", "run_dir_for", "is_finished", "read_run_config", "read_final_metrics",
     "RunInfo", "read_run_info", "load_run_model", "PEFTLAB_RUN_FILES", "is_peftlab_file", "foreign_entries",
     "clear_run_dir", "safe_name", "safe_output_path", "safetensors_problem", "checkpoint_problems",
-    "check_checkpoint_dir", "nonfinite_parameters", "check_finite_weights", "weights_status",
+    "check_checkpoint_dir", "nonfinite_parameters", "check_finite_weights",
 ]

@@ -21,7 +21,7 @@ from transformers import Trainer
 from peftlab.errors import PeftlabError
 from peftlab.training.data import EpochSeededSampler
 
-from peftlab.training.rundir import STATE_FILE  # noqa: E402  (one name for writer and checker)
+from peftlab.training.rundir import STATE_FILE  # one name for the writer here and the resume check
 
 
 class PeftlabTrainer(Trainer):
