@@ -11,6 +11,8 @@ if [ "$#" -lt 3 ]; then
   exit 2
 fi
 SEED=$1 TASK=$2 RANK=$3
+. "$(dirname "${BASH_SOURCE[0]}")/_task.sh"
+TASK=$(canonical_task "$TASK")  # run dirs use canonical names: rte -> RTE
 shift 3
 OUT=${PEFTLAB_OUT:-outputs}
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -10,6 +10,8 @@ if [ "$#" -lt 2 ]; then
   exit 2
 fi
 SEED=$1 TASK=$2 METHOD=${3:-FFT}
+. "$(dirname "${BASH_SOURCE[0]}")/_task.sh"
+TASK=$(canonical_task "$TASK")  # run dirs use canonical names: rte -> RTE
 shift $(( $# >= 3 ? 3 : 2 ))
 case "$METHOD" in
   *_r[0-9]*) BASE=${METHOD%_r*} RANK=${METHOD##*_r} ;;

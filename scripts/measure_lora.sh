@@ -8,6 +8,8 @@ if [ "$#" -lt 3 ]; then
   exit 2
 fi
 SEED=$1 TASK=$2 RANK=$3
+. "$(dirname "${BASH_SOURCE[0]}")/_task.sh"
+TASK=$(canonical_task "$TASK")  # run dirs use canonical names: rte -> RTE
 shift 3
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if command -v peftlab >/dev/null 2>&1; then PEFTLAB=peftlab; else PEFTLAB="$HERE/../.venv/bin/peftlab"; fi

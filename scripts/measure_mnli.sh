@@ -10,6 +10,8 @@ if [ "$#" -lt 3 ]; then
   exit 2
 fi
 SEED=$1 TASK=$2
+. "$(dirname "${BASH_SOURCE[0]}")/_task.sh"
+TASK=$(canonical_task "$TASK")  # run dirs use canonical names: rte -> RTE
 case "$(printf '%s' "$3" | tr '[:upper:]' '[:lower:]')" in
   fft) RUN="FFT/$TASK/seed$SEED" ;;
   lora) RUN="LoRA/$TASK/seed${SEED}_r${RANK:-8}" ;;

@@ -134,7 +134,7 @@ def test_output_directory_not_writable(tmp_path, tiny_dir, data_dir, capsys):
     blocker.write_text("x")  # a file where a directory is needed: fails even for root
     code, _, err = run_cli(base_args(tiny_dir, data_dir, blocker / "out") + ["--method", "fft"], capsys)
     assert code == 2
-    assert err == f"error: output directory {blocker / 'out'} is not writable; choose a writable --out\n"
+    assert err == f"error: output directory {blocker / 'out'} is not writable (Not a directory); choose a writable --out\n"
 
 
 def test_debug_shows_the_traceback(tmp_path, tiny_dir, data_dir):

@@ -287,7 +287,7 @@ def test_regression_task_stsb(tmp_path, tiny_dir, data_dir):
 def test_unwritable_out_fails_before_any_work(tmp_path, make_cfg):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
-    with pytest.raises(PeftlabError, match=f"output directory {blocker}/out is not writable; choose a writable --out"):
+    with pytest.raises(PeftlabError, match=f"output directory {blocker}/out is not writable \\(Not a directory\\); choose a writable --out"):
         train_run(make_cfg(blocker / "out", "method=fft"))
 
 

@@ -14,6 +14,7 @@ Learning-rate default (`lr: null` → chosen by method, recorded resolved in `ru
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -25,6 +26,10 @@ from peftlab.errors import PeftlabError
 
 FFT_LR = 5e-5
 PEFT_LR = 5e-4
+MAX_SEED = 2**32 - 1  # numpy's seed range (transformers.set_seed seeds numpy, random and torch)
+# Example values used in "pass e.g. key=..." hints of the finiteness check.
+_EXAMPLES = {"lr": "5e-4", "alpha": "16", "dropout": "0.05", "epochs": "3", "weight_decay": "0.01",
+             "warmup_ratio": "0.06", "max_grad_norm": "1.0"}
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
 
 
@@ -222,6 +227,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     def bad(msg: str) -> PeftlabError:
         return PeftlabError(msg)
 
+    # Finiteness first, for every numeric field at once: `nan` fails every `<`/`>` comparison below
+    # silently, and a NaN learning rate would otherwise train (and write files) before anyone notices.
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise bad(f"{field.name} must be a finite number, got {value}; pass a real value, e.g. "
+                      f"{field.name}={_EXAMPLES.get(field.name, 1)}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise bad(f"seed must be an integer in [0, {MAX_SEED}], got {cfg.seed}; pass e.g. --seed 1")
     if cfg.rank <= 0:
         raise bad(f"rank must be a positive integer, got {cfg.rank}; pass e.g. --rank 8")
     if cfg.alpha <= 0:

@@ -34,12 +34,34 @@ def resolve_model(name_or_path: str | None) -> str:
 
 
 def pick_device(device: str | None = None):
-    """`device` if given, else CUDA when available, else CPU."""
+    """The device to run on: `device` when it is available here, else a PeftlabError; `auto`/None =
+    CUDA when available, else CPU.
+
+    An explicit device that does not exist is an error rather than a silent fallback to the CPU:
+    a run recorded as "cuda" must have run on CUDA (with its autocast dtype and memory counter).
+    """
     import torch
 
-    if device and device != "auto":
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not device or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise PeftlabError(f"unknown device '{device}'; choose auto, cpu, cuda, cuda:N or mps") from None
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PeftlabError(f"device={device} was asked for but CUDA is not available on this machine "
+                               f"(torch {torch.__version__}); pass device=cpu or device=auto")
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise PeftlabError(f"device={device} does not exist: this machine has {torch.cuda.device_count()} "
+                               f"CUDA device(s); pass device=cuda:0 or device=auto")
+    elif chosen.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise PeftlabError(f"device={device} was asked for but MPS is not available on this machine; "
+                               f"pass device=cpu or device=auto")
+    elif chosen.type != "cpu":
+        raise PeftlabError(f"unknown device '{device}'; choose auto, cpu, cuda, cuda:N or mps")
+    return chosen
 
 
 def pick_dtype(device) -> "torch.dtype":

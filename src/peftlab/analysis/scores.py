@@ -31,21 +31,32 @@ def collect_runs(out: str | Path, tasks: list[str] | None = None) -> pd.DataFram
 
     out = Path(out)
     wanted = {get_task(t).name for t in tasks} if tasks else None
+    from peftlab.methods import METHODS
+
     rows: list[dict[str, Any]] = []
     for final_path in sorted(out.glob("*/*/seed*/final_metrics.json")):
         run_dir = final_path.parent
         try:
             final = read_json(final_path)
-            config = read_json(run_dir / "run_config.json").get("config", {})
+            run_config = read_json(run_dir / "run_config.json")
         except (OSError, ValueError):
             continue  # a run being written right now; it will be listed once finished
-        if not final.get("finished") or (wanted and final.get("task") not in wanted):
+        if not (isinstance(final, dict) and isinstance(run_config, dict)) or final.get("finished") is not True:
             continue
-        rank = final.get("rank") if "_r" in run_dir.name else None  # seed<S>_r<R>: a low-rank run
-        dir_name = run_dir.parent.parent.name
+        # task, method and rank are read from the run's files, never from its directory names
+        config = run_config.get("config") or {}
+
+        def field(key):  # run_config.json first (written at the start), then final_metrics.json
+            return run_config.get(key, config.get(key, final.get(key)))
+
+        task, method_name = field("task"), field("method")
+        method = METHODS.get(method_name)
+        if method is None or not isinstance(task, str) or (wanted and task not in wanted):
+            continue  # a foreign or newer-version run this peftlab cannot label
+        rank = config.get("rank", final.get("rank")) if getattr(method, "low_rank", False) else None
         row = {
-            "task": final["task"], "label": dir_name if rank is None else f"{dir_name}_r{rank}",
-            "method": final["method"], "seed": final["seed"], "rank": rank,
+            "task": task, "label": method.dir_name if rank is None else f"{method.dir_name}_r{rank}",
+            "method": method_name, "seed": config.get("seed", final.get("seed")), "rank": rank,
             "main_metric": final["main_metric"], "score": final["score"], "epochs": config.get("epochs"),
             "train_s": final.get("timing", {}).get("train_s"), "trainable_params": final.get("trainable_params"),
             "total_params": final.get("total_params"), "run_dir": str(run_dir),
@@ -85,7 +96,10 @@ def markdown_table(summary: pd.DataFrame) -> str:
              "|---|---|---|---|---|---|---|"]
     for row in summary.itertuples(index=False):
         mean, std = row.score_mean, row.score_std
-        score = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None and not math.isnan(std) else "")
+        if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+            score = "n/a (no finite score)"  # a diverged run's score is null in final_metrics.json
+        else:
+            score = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None and not math.isnan(std) else "")
         lines.append(f"| {row.task} | {row.label} | {row.main_metric} | {score} | {row.seeds} | "
                      f"{row.train_s_mean:.0f} | {row.trainable_params:,} |")
     return "\n".join(lines) + "\n"

@@ -30,6 +30,10 @@ def cli_overrides(options: dict[str, Any], extra: list[str] | None) -> list[str]
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
@@ -62,7 +66,8 @@ def register(app: typer.Typer) -> None:
                                    "or a YAML file; comma-separate several."),
         max_train_samples: int = typer.Option(None, "--max-train-samples", help="Use the first N training rows."),
         max_eval_samples: int = typer.Option(None, "--max-eval-samples", help="Use the first N dev rows."),
-        force: bool = typer.Option(False, "--force", help="Delete and re-run a run that already exists."),
+        force: bool = typer.Option(False, "--force", help="Re-run a finished run: once every input checks out, "
+                                   "delete the files peftlab wrote in its run directory (never other files)."),
     ) -> None:
         """Fine-tune one run; writes <out>/<METHOD>/<TASK>/seed<S>[_r<R>]/ (resumes an interrupted run)."""
         from peftlab.config import load_config
@@ -91,10 +96,19 @@ def register(app: typer.Typer) -> None:
         info = read_run_info(run_dir)
         console = Console()
         cfg = info.run_config.get("config", {})
-        status = "finished" if info.finished else (
-            "interrupted (re-run the same command to resume)" if (info.run_dir / CHECKPOINTS).is_dir() else "unfinished")
-        console.print(Text(f"{info.run_dir}  —  {info.task} / {info.method} / seed {cfg.get('seed')}  [{status}]",
-                           style="bold"))
+        # task, method, seed and rank come from run_config.json, never from the directory's name
+        problems = info.weight_problems() if info.finished else []
+        if problems:
+            status = (f"finished, but its weights are unreadable: {problems[0]}; re-run with: "
+                      f"{info.train_command()} --force")
+        elif info.finished:
+            status = "finished"
+        else:
+            status = ("interrupted (re-run the same command to resume)" if (info.run_dir / CHECKPOINTS).is_dir()
+                      else "unfinished")
+        rank = f" / r={info.rank}" if info.rank is not None else ""
+        console.print(Text(f"{info.run_dir}  —  {info.task} / {info.method}{rank} / seed {cfg.get('seed')}  [{status}]",
+                           style="bold"), soft_wrap=True)  # one line: paths and the status stay greppable
 
         table = Table(title="config", title_justify="left", show_header=False)
         for key, value in cfg.items():
@@ -112,16 +126,19 @@ def register(app: typer.Typer) -> None:
             scores = Table(title="dev scores", title_justify="left")
             scores.add_column("metric")
             scores.add_column("value", justify="right")
-            for name, value in fm.get("dev", {}).items():
+            for name, value in (fm.get("dev") or {}).items():
                 label = f"{name} (main)" if name == fm.get("main_metric") else name
                 scores.add_row(label, _fmt(value))
             console.print(scores)
-            timing = fm.get("timing", {})
+            timing = fm.get("timing") or {}
+            trainable, total = fm.get("trainable_params"), fm.get("total_params")
+            share = (f" ({100 * trainable / total:.2f}%)" if isinstance(trainable, int) and isinstance(total, int)
+                     and total > 0 else "")
             console.print(Text(
-                "timing: " + ", ".join(f"{k} {v:.1f}" for k, v in timing.items())
+                "timing: " + ", ".join(f"{k} {_fmt(v)}" for k, v in timing.items())
                 + f"  |  peak memory {fm.get('peak_memory_mb')} MB ({fm.get('peak_memory_kind')})"
-                + f"  |  params trainable {fm.get('trainable_params'):,} / total {fm.get('total_params'):,}"
-                + f" ({100 * fm.get('trainable_params', 0) / max(fm.get('total_params', 1), 1):.2f}%)"
+                + f"  |  device {fm.get('device')}"
+                + f"  |  params trainable {_fmt(trainable)} / total {_fmt(total)}{share}"
                 + f"  |  steps {fm.get('global_step')}"
             ))
         files = Table(title="files", title_justify="left", show_header=False)

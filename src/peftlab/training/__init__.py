@@ -1,1 +1,2 @@
-"""Pieces of the one training loop (`peftlab.train`): data preparation, sampler, Trainer subclass, callbacks."""
+"""The one training loop (`loop.py`, re-exported as `peftlab.train`) and its pieces: data preparation,
+sampler, Trainer subclass, callbacks, run-directory bookkeeping, provenance."""

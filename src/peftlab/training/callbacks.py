@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -89,3 +90,51 @@ class StopAfterStepCallback(TrainerCallback):
         if state.global_step >= self.step and not control.should_save:
             raise KeyboardInterrupt(f"stopped after step {state.global_step}")
 
+
+
+class DivergenceCallback(TrainerCallback):
+    """Stop training at the first non-finite loss or gradient norm, before the optimizer applies it.
+
+    `PeftlabTrainer` reports every micro-batch loss (`record_loss`) and the pre-clipping gradient norm
+    of each optimizer step (`record_grad_norm`); `on_pre_optimizer_step` — after the gradients are
+    known, before `optimizer.step()` writes them into the weights — raises `DivergedError` with the
+    step, the last finite loss and the settings to look at. Nothing non-finite reaches a checkpoint,
+    and no completion marker is written. Why here and not in `on_log`: the Trainer's
+    `logging_nan_inf_filter` replaces a NaN loss in the logs by the running mean, so logs never show it.
+    """
+
+    def __init__(self, lr: float, max_grad_norm: float):
+        self.lr = lr
+        self.max_grad_norm = max_grad_norm
+        self.last_finite_loss: float | None = None
+        self.last_finite_step: int | None = None
+        self.bad: tuple[str, float] | None = None  # (what, value) of the first non-finite value this step
+        self.step = 0
+
+    def record_loss(self, value: float) -> None:
+        if math.isfinite(value):
+            if self.bad is None:
+                self.last_finite_loss, self.last_finite_step = value, self.step
+        elif self.bad is None:
+            self.bad = ("loss", value)
+
+    def record_grad_norm(self, value: float) -> None:
+        if not math.isfinite(value) and self.bad is None:
+            self.bad = ("gradient norm", value)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step = state.global_step + 1  # the optimizer step being computed (1-based, as logged)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.bad is None:
+            return
+        from peftlab.errors import DivergedError
+
+        what, value = self.bad
+        last = (f"last finite loss {self.last_finite_loss:.4g} at step {self.last_finite_step}"
+                if self.last_finite_loss is not None else "no finite loss before it")
+        clip = f"max_grad_norm={self.max_grad_norm:g}" if self.max_grad_norm > 0 else "max_grad_norm=0 (no clipping)"
+        raise DivergedError(
+            f"training diverged at step {state.global_step + 1}: {what} is {value} ({last}); no result was "
+            f"written. Look at lr={self.lr:g} (try 10x lower) and {clip}, then re-run with --force"
+        )
