@@ -122,7 +122,9 @@ def aggregate(task: str, methods: list[str], seeds: list[int], out: str | Path =
             rows.append({"method": label, "quantity": f"stability:{col}", "n": len(entry["pairs"]),
                          "mean": entry["mean"], "std": None, "ci_low": entry["min"], "ci_high": entry["max"]})
 
-    out_dir = Path(out) / "MULTI_SEED" / task
+    from peftlab.runs import safe_output_path
+
+    out_dir = safe_output_path(out, "MULTI_SEED", task)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "task": task, "methods": list(methods), "seeds": seeds, "interval": INTERVAL, "level": level,

@@ -63,7 +63,10 @@ def compare_dir_for(out: str | Path, meta_a, meta_b) -> Path:
     """`<out>/COMPARE/<TASK>/seed<S>/<A>_vs_<B>` (`seed<SA>-seed<SB>` when the seeds differ)."""
     seed = f"seed{meta_a.seed}" if meta_a.seed == meta_b.seed else f"seed{meta_a.seed}-seed{meta_b.seed}"
     label_a, label_b = display_labels(meta_a, meta_b)
-    return Path(out) / "COMPARE" / meta_a.task / seed / f"{label_a}_vs_{label_b}"
+    from peftlab.runs import safe_output_path
+
+    # Names come from run files (data): validated, and the result must lie under `out`.
+    return safe_output_path(out, "COMPARE", meta_a.task, seed, f"{label_a}_vs_{label_b}")
 
 
 def verdict(diff: dict, label_a: str, label_b: str) -> tuple[bool | None, str]:

@@ -64,7 +64,9 @@ def compare_ranks(task: str, seed: int, ranks: list[int], out: str | Path = "out
         reference = rank_row(fft_dir, None, dpi=dpi, **analyze_kwargs)
 
     name = f"seed{seed}" if method.lower() == "lora" else f"seed{seed}_{method}"
-    out_dir = Path(out) / "RANK_COMPARISON" / task / name
+    from peftlab.runs import safe_output_path
+
+    out_dir = safe_output_path(out, "RANK_COMPARISON", task, name)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows + ([reference] if reference else []))
     table["rank"] = table["rank"].astype("Int64")  # the FFT reference row has no rank: keep ints, not floats

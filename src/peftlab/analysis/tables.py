@@ -286,17 +286,19 @@ class RunMeta:
 
 def read_run_meta(run_dir: str | Path) -> RunMeta:
     """Task, method, seed, rank, model and final metrics of a run directory."""
-    from peftlab.runs import read_final_metrics, read_run_config
+    from peftlab.methods import METHODS
+    from peftlab.runs import read_run_info
 
-    run_dir = Path(run_dir)
-    info = read_run_config(run_dir)
+    # Everything from the run's own files, never from its directory name (a run may be copied or renamed).
+    run = read_run_info(run_dir)
+    info = run.run_config
     config = info.get("config", {})
-    match = re.fullmatch(r"seed(\d+)(?:_r(\d+))?", run_dir.name)
-    rank = int(match.group(2)) if match and match.group(2) else None
-    return RunMeta(run_dir=run_dir, task=str(info.get("task") or config.get("task")),
-                   method=str(info.get("method") or config.get("method")), dir_name=run_dir.parent.parent.name,
-                   seed=int(config.get("seed", match.group(1) if match else 0)), rank=rank,
-                   model=config.get("model"), final=read_final_metrics(run_dir),
+    method_name = str(info.get("method") or config.get("method"))
+    method = METHODS.get(method_name)
+    rank = config.get("rank") if getattr(method, "low_rank", False) else None
+    return RunMeta(run_dir=run.run_dir, task=str(info.get("task") or config.get("task")), method=method_name,
+                   dir_name=getattr(method, "dir_name", method_name), seed=int(config.get("seed", 0)),
+                   rank=None if rank is None else int(rank), model=config.get("model"), final=run.final_metrics,
                    synthetic=bool(info.get("synthetic")))
 
 

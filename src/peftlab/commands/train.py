@@ -17,7 +17,8 @@ _OPTION_KEYS = {
 
 # Files other parts of peftlab write into a run directory, shown by `info`.
 MEASUREMENT_FILES = (
-    "eval_subset.json", "importance_pre.jsonl", "importance_post.jsonl", "gradfisher_pre.jsonl",
+    "eval_subset.json", "importance_pre.jsonl", "importance_pre_per_example.npy", "importance_post.jsonl",
+    "importance_post_per_example.npy", "gradfisher_pre.jsonl",
     "update.jsonl", "importance_taylor_vs_exact.json", "measure_manifest.json", "analysis/heads.csv",
     "analysis/stats.json",
 )

@@ -29,6 +29,7 @@ from typing import Any
 from peftlab.bookkeeping import STEPS, Hashes, Manifest, PartialSweep, StepTimer, copy_files, find_sibling, \
     is_finished, step_fingerprint
 from peftlab.errors import PeftlabError
+from peftlab.runs import check_finite_weights, load_run_model
 
 IMPORTANCE_CHOICES = ("exact", "taylor", "both")
 IMPL_CHOICES = ("fast", "naive")
@@ -159,10 +160,9 @@ class Measurement:
     def theta0_model(self, classifier: str):
         """θ0 in eval mode with the `classifier` "probe" (trained or reused, heads/probe.py) or "init"."""
         if classifier not in self._models:
-            from peftlab.runs import load_run_model
-
             with self.timer.part("load"):
                 model, tokenizer, _ = load_run_model(self.run_dir, "init")
+            check_finite_weights(model, str(self.run_dir / "ckpt_init"))
             self._models.setdefault("tokenizer", tokenizer)
             if classifier == "probe":
                 from peftlab.heads.batches import progress_bar
@@ -182,10 +182,9 @@ class Measurement:
 
     def theta1_model(self):
         if "final" not in self._models:
-            from peftlab.runs import load_run_model
-
             with self.timer.part("load"):
                 model, tokenizer, _ = load_run_model(self.run_dir, "final")
+            check_finite_weights(model, str(self.run_dir / "ckpt_final"))
             self._models.setdefault("tokenizer", tokenizer)
             self._models["final"] = model.eval()
         return self._models["final"]
