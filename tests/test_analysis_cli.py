@@ -230,3 +230,30 @@ def test_compare_script_checks_prerequisites(outputs, tmp_path, fake_peftlab):
     assert f"peftlab measure {out}/FFT/RTE/seed1 --steps update" in missing.stderr
     assert f"peftlab measure {out}/FFT/RTE/seed1 --steps importance_post" in missing.stderr
     assert f"peftlab train --task RTE --method lora --seed 1 --rank 8 --out {out}" in missing.stderr
+
+
+def test_run_meta_comes_from_run_files_not_directory_names(tmp_path):
+    """An FFT run copied into a LoRA-looking directory is still FFT, seed 1, without a rank."""
+    import shutil
+
+    from peftlab.analysis.tables import read_run_meta
+
+    src = make_fixture_run(tmp_path / "a", "fft", 1, None)
+    dst = tmp_path / "b" / "LoRA" / "SST-2" / "seed9_r64"
+    shutil.copytree(src, dst)
+    meta = read_run_meta(dst)
+    assert (meta.method, meta.task, meta.seed, meta.rank, meta.dir_name) == ("fft", "RTE", 1, None, "FFT")
+
+
+def test_compare_never_writes_outside_out(tmp_path):
+    """A crafted task name in run_config.json is data, not a path: compare refuses it."""
+    out = tmp_path / "out"
+    run_a = make_fixture_run(out, "fft", 1, None)
+    run_b = make_fixture_run(out, "lora", 1, 8)
+    for run in (run_a, run_b):
+        info = json.loads((run / "run_config.json").read_text())
+        info["task"] = "../../../escaped"
+        (run / "run_config.json").write_text(json.dumps(info))
+    with pytest.raises(PeftlabError):
+        compare_runs(run_a, run_b, out=out, dpi=DPI)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()

@@ -359,3 +359,19 @@ def test_cli_theta0_classifier_and_its_alias(runs, tmp_path, capsys):
         manifest = read_json(run_dir / "measure_manifest.json")
         assert (manifest["theta0_classifier"], manifest["plasticity_classifier"]) == ("init", "probe")
     assert "importance_pre" in capsys.readouterr().err
+
+
+def test_measure_refuses_non_finite_weights(runs, tmp_path):
+    """A run whose θ1 holds NaN (diverged, or a foreign file) is refused before any head is measured."""
+    from safetensors.torch import load_file, save_file
+
+    run_dir = _copy_run(runs["fft"], tmp_path / "FFT" / "RTE" / "seed1")
+    weights = run_dir / "ckpt_final" / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = next(k for k, v in tensors.items() if v.dim() == 2)
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    _measure(run_dir, steps="subset")
+    with pytest.raises(PeftlabError, match="non-finite weights"):
+        _measure(run_dir, steps="importance_post")
+    assert not (run_dir / "importance_post.jsonl").exists()
