@@ -17,6 +17,7 @@ import pytest
 
 from peftlab.errors import PeftlabError
 from peftlab.heads.measure import STEPS, measure_run, parse_steps
+from peftlab.heads.probe import PROBE_FILES
 from peftlab.io import read_json, read_jsonl
 from peftlab.testing import write_generated_rte
 
@@ -78,7 +79,9 @@ def test_every_output_for_every_method(runs):
         probe = read_json(run_dir / "probe.json")
         pre = read_jsonl(run_dir / "importance_pre.jsonl")
         assert probe["subset_loss"] == pre[0]["loss_base"]  # the probe head is what importance_pre measured
-        assert (run_dir / "probe_head.safetensors").is_file()
+        assert all((run_dir / name).is_file() for name in PROBE_FILES)  # the files probe.py says it writes
+        assert {"heldout_loss", "heldout_metric", "chance_loss", "chance_metric", "better_than_chance",
+                "n_train", "n_heldout", "selection"} <= set(probe)
 
         update = read_jsonl(run_dir / "update.jsonl")
         heads = [r for r in update if r["kind"] == "head"]

@@ -200,16 +200,15 @@ class Measurement:
             self._models["tokenizer"] = tokenizer
             if self.theta0 == "probe":
                 from peftlab.heads.batches import progress_bar
-                from peftlab.heads.probe import PROBE_EXAMPLES, ensure_probe
+                from peftlab.heads.probe import PROBE_EXAMPLES, ensure_probe, probe_summary
                 from peftlab.heads.subset import read_subset
 
                 subset = read_subset(self.run_dir)
                 n_batches = -(-PROBE_EXAMPLES // self.batch_size)  # ceil
                 with progress_bar(n_batches, "θ0 probe features", self.progress) as advance:
                     info = ensure_probe(self.run_dir, model, tokenizer, subset, self.batch_size, force=self.force,
-                                        progress=lambda done, total: advance(1))
-                self.say(f"  θ0 probe: {info['settings']['modules']} trained {info['settings']['steps']} steps on "
-                         f"{info['n_examples']} train rows, train loss {info['train_loss']:.4f}")
+                                        progress=lambda: advance(1))
+                self.say(f"  θ0 probe: {probe_summary(info)}")
             self._models["init"] = model.eval()
         return self._models["init"]
 
@@ -390,8 +389,8 @@ STEP_OUTPUTS = {
     "update": ("update.jsonl",),
     "importance_post": (importance_file("post"),),
 }
-# What a reused pre step copies from a sibling run besides its output.
-PROBE_FILES = ("probe.json", "probe_head.safetensors")
+# What a reused pre step copies from a sibling run besides its output: heads/probe.py's PROBE_FILES.
+from peftlab.heads.probe import PROBE_FILES  # noqa: E402 (light module: no torch at import)
 
 
 def _reuse_from_sibling(m: Measurement, step: str, settings: dict[str, Any]) -> str | None:
