@@ -9,7 +9,7 @@ median of per-batch paired ratios), max |ΔI| (goal ≤ 1e-5) and the Spearman c
 scores with exact importance.
 
 The classifier head: at θ0 a random head makes every I ≈ 0, so by default it is a linear probe
-(`peftlab.heads.probe.train_probe`: classifier only, frozen body, on RTE *train* rows, disjoint from
+(`peftlab.heads.probe.train_probe`: classifier (and pooler) on the frozen body, RTE *train* rows, disjoint from
 the measured dev rows); `--head init` keeps the seeded random head (equality and speed do not depend
 on it, the Spearman does).
 """
@@ -60,11 +60,12 @@ def main() -> None:
     if args.head == "probe":
         train = load_split("rte", "train", data_dir)
         k = args.probe_examples
-        probe_batches = tokenize_batches(tokenizer, train.text_a[:k], train.text_b[:k], train.labels[:k],
-                                         args.max_len, 64)
-        info = train_probe(model, probe_batches)
-        head = (f"linear probe: classifier only, {k} RTE train rows, frozen body "
-                f"(train acc {info['train_accuracy']:.3f})")
+        cuts = (0, 4 * k // 6, 5 * k // 6, k)  # train / select / held-out rows, 4:1:1 as in heads/probe.py
+        parts = [tokenize_batches(tokenizer, train.text_a[a:b], train.text_b[a:b], train.labels[a:b], args.max_len, 64)
+                 for a, b in zip(cuts, cuts[1:])]
+        info = train_probe(model, *parts)
+        head = (f"probe: {info['selection']['chosen']}, {k} RTE train rows, frozen body "
+                f"(held-out acc {info['heldout_metric']:.3f} vs chance {info['chance_metric']:.3f})")
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     padded = sum(int(b["input_ids"].numel()) for b in batches)
     print(f"MiniLM-L6 (6 layers x 12 heads), RTE dev rows 0..{n - 1}, max_len {args.max_len}, "

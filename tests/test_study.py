@@ -85,3 +85,18 @@ def test_study_rejects_bad_input(tmp_path):
         run_study("rte", [], [1], [8], out=str(tmp_path))
     with pytest.raises(PeftlabError, match="unknown task"):
         run_study("nosuchtask", ["fft"], [1], [8], out=str(tmp_path))
+
+
+def test_quick_profile_is_sst2_demo_and_rte_one_flag_away():
+    from peftlab.study import DEMO_TASK, StudyPlan, _configs, profile_settings
+
+    assert DEMO_TASK == "SST-2" and profile_settings("quick", "SST-2")["subset_size"] == 512
+    assert profile_settings("quick", "RTE")["subset_size"] == 256
+    plan = StudyPlan("SST-2", ["fft", "lora"], [1], [8], "quick")
+    fft, lora = _configs(plan)
+    assert (fft.task, fft.max_len, fft.max_train_samples, fft.epochs) == ("SST-2", 64, 8192, 1)
+    assert (fft.lr, lora.lr) == (1e-4, 1e-3)
+    user = _configs(StudyPlan("SST-2", ["lora"], [1], [8], "quick", overrides=["lr=1e-3"]))[0]
+    assert user.lr == 1e-3  # user overrides win over the profile's lr
+    (rte,) = _configs(StudyPlan("RTE", ["fft"], [1], [8], "quick"))
+    assert (rte.max_len, rte.max_train_samples, rte.lr) == (128, 1024, 5e-5)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from peftlab.errors import PeftlabError
-from peftlab.heads.probe import HeadFeatures, head_state, probe_indices, train_probe
+from peftlab.heads.probe import ClassifierFeatures, classifier_state, probe_splits, train_probe
 from peftlab.heads.subset import make_subset, subset_indices, tokenize_batches, write_subset
 from peftlab.testing import FAMILIES, tiny_batch, tiny_model
 
@@ -54,13 +54,18 @@ def test_subset_larger_than_split_is_one_line_error(tiny_glue):
         make_subset("RTE", size=10, data_dir=tiny_glue)
 
 
-def test_probe_rows_exclude_subset():
+def test_probe_rows_exclude_subset_and_are_disjoint():
     subset = {"task": "RTE", "split": "train", "indices": list(range(0, 40, 2)), "size": 20, "seed": 5}
-    rows = probe_indices(40, subset, n_examples=100)
-    assert rows == list(range(1, 40, 2))  # every row not in the subset, none of the subset
-    assert probe_indices(40, subset, 7) == probe_indices(40, subset, 7)
+    parts = probe_splits(40, subset, n_train=100, n_select=25, n_heldout=25)
+    rows = parts["train"] + parts["select"] + parts["heldout"]
+    assert sorted(rows) == list(range(1, 40, 2))  # every row not in the subset, none of it, each once
+    assert [len(parts[k]) for k in ("train", "select", "heldout")] == [14, 3, 3]  # 4:1:1 of the 20 free rows
+    assert probe_splits(40, subset, 8, 2, 2) == probe_splits(40, subset, 8, 2, 2)
+    assert [len(v) for v in probe_splits(40, subset, 8, 2, 2).values()] == [8, 2, 2]
+    dev_subset = {**subset, "split": "dev"}  # a dev subset excludes no train rows
+    assert len(sum(probe_splits(40, dev_subset, 100, 25, 25).values(), [])) == 40
     with pytest.raises(PeftlabError, match="smaller --subset-size"):
-        probe_indices(20, {**subset, "indices": list(range(20))}, 5)
+        probe_splits(20, {**subset, "indices": list(range(19))}, 5, 1, 1)
 
 
 def test_tokenize_batches_shapes_and_labels():
@@ -81,28 +86,34 @@ def test_probe_replays_classifier_exactly(family):
     model = tiny_model(family, num_labels=3)
     input_ids, attention_mask = tiny_batch(batch_size=4, seq_len=9)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    features_of = HeadFeatures(model)
+    features_of = ClassifierFeatures(model)
     features, logits = features_of.capture(batch)
     assert features.shape[0] == 4
     with torch.no_grad():
-        replay = features_of.head(features)
+        replay = features_of.classifier(features)
     torch.testing.assert_close(replay, logits, atol=1e-5, rtol=1e-5)
     if family == "deberta-v2":
         assert features_of.order == ["pooler", "classifier"]
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])
-def test_train_probe_changes_only_the_head_and_fits(family):
+def test_train_probe_changes_only_the_classifier_and_fits(family):
     model = tiny_model(family, num_labels=2)
-    input_ids, attention_mask = tiny_batch(batch_size=16, seq_len=6, seed=1)
-    labels = (input_ids[:, 0] % 2).long()  # a rule the head can learn from the first token
-    batches = [{"input_ids": input_ids[:8], "attention_mask": attention_mask[:8], "labels": labels[:8]},
-               {"input_ids": input_ids[8:], "attention_mask": attention_mask[8:], "labels": labels[8:]}]
+    input_ids, attention_mask = tiny_batch(batch_size=48, seq_len=6, seed=1)
+    labels = (input_ids[:, 0] % 2).long()  # a rule the classifier can learn from the first token
+
+    def part(a, b):
+        return [{"input_ids": input_ids[a:b], "attention_mask": attention_mask[a:b], "labels": labels[a:b]}]
+
     body_before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = train_probe(model, batches, steps=150, lr=1e-2)
-    head_keys = set(head_state(model, result["modules"]))
+    result = train_probe(model, part(0, 32), part(32, 40), part(40, 48),
+                         grid={"modules": ("classifier", "pooler+classifier"), "lr": (1e-2,), "l2": (0.0,)},
+                         max_steps=150)
+    trained_keys = set(classifier_state(model, result["modules"]))
     after = model.state_dict()
     changed = {k for k in after if not torch.equal(after[k], body_before[k])}
-    assert changed and changed <= head_keys  # only classifier tensors moved
+    assert changed and changed <= trained_keys  # only the chosen classifier modules moved
     assert result["train_loss"] < result["train_loss_before"]
-    assert not any(p.grad is not None for n, p in model.named_parameters() if n not in head_keys)
+    assert not any(p.grad is not None for n, p in model.named_parameters() if n not in trained_keys)
+    if family == "llama":  # no pooler: the pooler grid point does not exist
+        assert {row["modules"] for row in result["selection"]["table"]} == {"classifier"}

@@ -59,9 +59,9 @@ def per_example_file(phase: str) -> str:
 
 def probe_files() -> tuple[str, ...]:
     """The files the probe writes (and sibling reuse copies): `heads.probe.PROBE_FILES`."""
-    from peftlab.heads import probe
+    from peftlab.heads.probe import PROBE_FILES
 
-    return tuple(getattr(probe, "PROBE_FILES", ("probe.json", "probe_head.safetensors")))
+    return tuple(PROBE_FILES)
 
 
 def step_outputs(step: str, importance: str) -> tuple[str, ...]:
@@ -166,17 +166,16 @@ class Measurement:
             self._models.setdefault("tokenizer", tokenizer)
             if classifier == "probe":
                 from peftlab.heads.batches import progress_bar
-                from peftlab.heads.probe import PROBE_EXAMPLES, ensure_probe
+                from peftlab.heads.probe import PROBE_EXAMPLES, ensure_probe, probe_summary
                 from peftlab.heads.subset import read_subset
 
                 subset = read_subset(self.run_dir)
                 n_batches = -(-PROBE_EXAMPLES // self.batch_size)  # ceil
                 with self.timer.part("probe"), progress_bar(n_batches, "θ0 probe features", self.progress) as advance:
                     info = ensure_probe(self.run_dir, model, tokenizer, subset, self.batch_size, force=self.force,
-                                        progress=lambda done, total: advance(1))
+                                        progress=lambda: advance(1))
                 self.probe_info = info
-                self.say(f"  θ0 probe: {info['settings']['modules']} trained {info['settings']['steps']} steps on "
-                         f"{info['n_examples']} train rows, train loss {info['train_loss']:.4f}")
+                self.say(f"  θ0 probe: {probe_summary(info)}")
             self._models[classifier] = model.eval()
         return self._models[classifier]
 
