@@ -1,6 +1,6 @@
 # Sourced by the seed-compatible scripts: canonical_task NAME prints the task's canonical name
 # (the directory name `peftlab train` uses), accepting any case and punctuation: rte -> RTE, sst2 -> SST-2.
-# The table mirrors peftlab.taskdata.registry (tests/test_hardening.py checks that they agree); an
+# The table mirrors peftlab.tasks.registry (tests/test_hardening.py checks that they agree); an
 # unknown name is printed unchanged, so peftlab itself reports it.
 canonical_task() {
   local key
