@@ -51,7 +51,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 # Training-speed options (issue 13; measured in benchmarks/README.md). Neither changes results when
 # dropout = 0; with dropout on they change which random masks are drawn (see FastDropout, SharedInputGroup).
 FAST_DROPOUT = True  # bulk-generated dropout masks on the CPU instead of nn.Dropout's bernoulli_
-SHARE_QKV = False  # q, k, v of a layer share one dropout mask and one x @ [A_q; A_k; A_v]ᵀ
+SHARE_QKV = True  # q, k, v of a layer share one dropout mask and one x @ [A_q; A_k; A_v]ᵀ
 INIT_NOTE = "A ~ kaiming_uniform(a=sqrt(5)) seeded by cfg.seed, B = 0 (PEFT's default LoRA init)"
 
 
@@ -210,6 +210,10 @@ class SharedInputGroup:
         self._key: tuple | None = None
         self._hidden: tuple[torch.Tensor, ...] = ()
         self._served: set[int] = set()
+
+    def __getstate__(self) -> dict:
+        # deepcopy / pickle: members only — a half-read cache holds graph tensors that cannot be copied.
+        return {"members": self.members, "_key": None, "_hidden": (), "_served": set()}
 
     def lora_hidden(self, member: "LoraLinear", x: torch.Tensor) -> torch.Tensor:
         index = next(i for i, m in enumerate(self.members) if m is member)
