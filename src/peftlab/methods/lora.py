@@ -73,7 +73,7 @@ def _conv1d_type():
 
 # One 64-bit draw feeds two 32-bit lanes: `random_` costs about the same per element whatever the
 # integer width, so a bool mask from int32 lanes needs half the generator calls of an int32 tensor
-# and ~1/6 of the time of `bernoulli_` (serial, one draw per element on the CPU; measured in
+# and ~1/4 of the time of `bernoulli_` (serial, one draw per element on the CPU; measured in
 # benchmarks/README.md). The lanes are uniform over all 2**32 int32 values, so
 # P(drop) = round(p · 2**32) / 2**32 — p up to 2.4e-10.
 _LANES_PER_WORD = 2
