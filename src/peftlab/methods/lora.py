@@ -13,7 +13,7 @@ GPT-2's `Conv1D` (weight `[d_in, d_out]`, `fan_in_fan_out`).
 Training speed (issue 13; numbers in benchmarks/README.md). On the CPU, dropout masks are the
 largest single cost of a step, so by default (FAST_DROPOUT, SHARE_QKV):
 - the branch dropout is `FastDropout`: the same inverted-Bernoulli distribution as `nn.Dropout`
-  from bulk-generated bits, ~3x cheaper than `bernoulli_`; a different random stream than PEFT's;
+  from bulk-generated bits, ~4x cheaper than `bernoulli_`; a different random stream than PEFT's;
 - q, k and v of a layer, which read the same hidden states, form a `SharedInputGroup`: ONE dropout
   mask and one `x @ [A_q; A_k; A_v]ᵀ` for the three (loralib's fused-qkv behaviour; PEFT draws
   three masks). With dropout off both are exact no-ops up to GEMM rounding.
