@@ -1,12 +1,16 @@
-"""Time one training step (forward + backward + AdamW step) of FFT, own LoRA and PEFT LoRA.
+"""Time one training step (forward + backward + clip + AdamW step) of FFT, own LoRA and PEFT LoRA.
 
-    python benchmarks/train_step.py [--reps 10] [--batch-size 16] [--threads 2]
+    python benchmarks/train_step.py [--reps 20] [--batch-size 16] [--threads N] [--profile 3]
 
 One process, the packaged all-MiniLM-L6-v2, real RTE training batches padded to --max-len.
-The three methods run interleaved (rotating order) in every repetition so that load from other
-processes hits all of them alike; the table shows per-method medians and the median of the
-*paired* per-repetition ratios own/PEFT, own/FFT and PEFT/FFT.
-Goal: own LoRA ≤ 1.0× PEFT LoRA.
+The variants run interleaved (rotating order) in every repetition so that load from other
+processes hits all of them alike; the table shows per-variant medians and the median (and range)
+of the *paired* per-repetition ratios. Rows: FFT with the optimizer peftlab's Trainer uses
+(`adamw_torch`, a per-parameter loop on the CPU), FFT with plain HF Trainer's default
+(`adamw_torch_fused`), own LoRA (defaults: FastDropout masks, q/k/v sharing one mask and one
+A-matmul), own LoRA configured like PEFT (per-module `nn.Dropout`, no sharing) and PEFT LoRA.
+Goals (issue 13): own LoRA ≤ 0.85× FFT and ≤ 0.85× PEFT LoRA.
+`--profile N` instead runs torch.profiler over N steps per variant and prints the top ops.
 """
 
 from __future__ import annotations
@@ -55,36 +59,76 @@ def make_batches(tokenizer, data_dir: Path, batch_size: int, max_len: int, n_bat
     return batches
 
 
-def build_models(rank: int, targets: str, dropout: float):
-    """{label: (model in train mode, AdamW over its trainable parameters)} for FFT, own LoRA, PEFT LoRA."""
+# label: (method, optimizer as named by TrainingArguments.optim, cfg overrides)
+VARIANTS = {
+    "FFT": ("fft", "adamw_torch", {}),  # what peftlab's Trainer runs today (train.py: optim="adamw_torch")
+    "FFT fused": ("fft", "adamw_torch_fused", {}),  # plain HF Trainer's default optimizer (torch >= 2.8)
+    "own LoRA": ("lora", "adamw_torch", {}),  # defaults: FastDropout + q/k/v shared input
+    "own LoRA as PEFT": ("lora", "adamw_torch", {"lora_fast_dropout": False, "lora_share_qkv": False}),
+    "PEFT LoRA": ("peft-lora", "adamw_torch", {}),
+}
+RATIOS = (("own LoRA", "FFT"), ("own LoRA", "FFT fused"), ("own LoRA", "PEFT LoRA"),
+          ("own LoRA as PEFT", "PEFT LoRA"), ("PEFT LoRA", "FFT"), ("FFT fused", "FFT"))
+
+
+def make_optimizer(params, optim: str, lr: float = 1e-4):
+    """torch AdamW as HF's TrainingArguments.optim builds it: "adamw_torch" (loop) or "adamw_torch_fused"."""
+    return torch.optim.AdamW(params, lr=lr, fused=optim == "adamw_torch_fused")
+
+
+def build_models(rank: int, targets: str, dropout: float, variants=VARIANTS):
+    """{label: (model in train mode, AdamW over its trainable parameters)} for each variant."""
     from types import SimpleNamespace
 
     from peftlab.methods import get_method
     from peftlab.models import load_model
 
     base = load_model(None, num_labels=2)
-    cfg = SimpleNamespace(rank=rank, alpha=2.0 * rank, dropout=dropout, targets=targets, seed=1, model=None)
     out = {}
-    for label, name in (("FFT", "fft"), ("own LoRA", "lora"), ("PEFT LoRA", "peft-lora")):
+    for label, (name, optim, overrides) in variants.items():
+        cfg = SimpleNamespace(rank=rank, alpha=2.0 * rank, dropout=dropout, targets=targets, seed=1, model=None,
+                              **overrides)
         method = get_method(name)
         model = method.apply(copy.deepcopy(base), cfg).train()
         params = [p for _, p in method.trainable_parameters(model)]
         trainable_ids = {id(p) for p in params}
         for param in model.parameters():  # what the training loop does: train exactly these
             param.requires_grad_(id(param) in trainable_ids)
-        out[label] = (model, torch.optim.AdamW(params, lr=1e-4))
+        out[label] = (model, make_optimizer(params, optim))
     return out
 
 
-def train_step(model, optimizer, batch) -> None:
+def train_step(model, optimizer, batch, max_grad_norm: float = 1.0) -> None:
+    """What one HF Trainer step does on the CPU: zero grads, forward, backward, clip, AdamW."""
     optimizer.zero_grad(set_to_none=True)
     model(**batch).loss.backward()
+    if max_grad_norm > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
+
+
+def profile(models: dict, batches: list[dict], n_steps: int, max_grad_norm: float, row_limit: int = 12) -> None:
+    """torch.profiler over `n_steps` steps per variant (after one untimed step): top ops by self CPU time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for label, (model, optimizer) in models.items():
+        train_step(model, optimizer, batches[0], max_grad_norm)
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for step in range(n_steps):
+                train_step(model, optimizer, batches[step % len(batches)], max_grad_norm)
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events) / 1e6
+        print(f"\n== {label}: {n_steps} steps, self CPU total {total:.2f} s")
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:row_limit]:
+            seconds = e.self_cpu_time_total / 1e6
+            print(f"  {e.key:34s} {seconds:7.3f} s {100 * seconds / total:5.1f} %  {e.count:5d} calls")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=10, help="paired repetitions after warm-up")
+    parser.add_argument("--reps", type=int, default=20, help="paired repetitions after warm-up")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-len", type=int, default=128)
@@ -92,8 +136,16 @@ def main(argv=None) -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--targets", default="q,k,v,o")
     parser.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (TrainConfig default 0.05)")
+    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="clip as the Trainer does (0: off)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of: {', '.join(VARIANTS)}")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile N steps per variant and print the top ops instead of timing")
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args(argv)
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -104,7 +156,10 @@ def main(argv=None) -> None:
 
     torch.manual_seed(0)
     batches = make_batches(load_tokenizer(None), args.data_dir, args.batch_size, args.max_len, n_batches=4)
-    models = build_models(args.rank, args.targets, args.dropout)
+    models = build_models(args.rank, args.targets, args.dropout, {v: VARIANTS[v] for v in chosen})
+    if args.profile:
+        profile(models, batches, args.profile, args.max_grad_norm)
+        return
     labels = list(models)
     times: dict[str, list[float]] = {label: [] for label in labels}
     total = args.warmup + args.reps
@@ -113,11 +168,11 @@ def main(argv=None) -> None:
           file=sys.stderr)
     for rep in range(total):
         batch = batches[rep % len(batches)]
-        order = labels[rep % 3:] + labels[:rep % 3]  # rotate who goes first
+        order = labels[rep % len(labels):] + labels[:rep % len(labels)]  # rotate who goes first
         for label in order:
             model, optimizer = models[label]
             start = time.perf_counter()
-            train_step(model, optimizer, batch)
+            train_step(model, optimizer, batch, args.max_grad_norm)
             elapsed = time.perf_counter() - start
             if rep >= args.warmup:
                 times[label].append(elapsed)
@@ -126,7 +181,7 @@ def main(argv=None) -> None:
     if sys.stderr.isatty():
         print(file=sys.stderr)
 
-    table = Table(title="train step (fwd + bwd + AdamW), seconds")
+    table = Table(title="train step (fwd + bwd + clip + AdamW), seconds")
     for col in ("method", "median", "min", "max", "trainable params"):
         table.add_column(col, justify="right" if col != "method" else "left")
     for label in labels:
@@ -135,9 +190,12 @@ def main(argv=None) -> None:
         table.add_row(label, f"{statistics.median(t):.3f}", f"{min(t):.3f}", f"{max(t):.3f}", f"{n_train:,}")
     console = Console(width=120)  # wide enough that no row wraps
     console.print(table)
-    for num, den in (("own LoRA", "PEFT LoRA"), ("own LoRA", "FFT"), ("PEFT LoRA", "FFT")):
-        ratios = [a / b for a, b in zip(times[num], times[den])]
-        console.print(f"median paired ratio {num} / {den}: {statistics.median(ratios):.3f}")
+    for num, den in RATIOS:
+        if num in times and den in times:
+            ratios = sorted(a / b for a, b in zip(times[num], times[den]))
+            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+            console.print(f"paired ratio {num} / {den}: median {statistics.median(ratios):.3f}  "
+                          f"IQR {q1:.3f}-{q3:.3f}  range {ratios[0]:.3f}-{ratios[-1]:.3f}  (n={len(ratios)})")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,15 @@ from peftlab.arch import CANONICAL_TARGETS, classifier_module_names, get_arch, l
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS, get_method
 from peftlab.methods.base import base_fingerprint
-from peftlab.methods.lora import LoraLinear, lora_modules, merge_lora, unmerge_lora
+from peftlab.methods.lora import (
+    FastDropout,
+    LoraLinear,
+    SharedInputGroup,
+    keep_mask,
+    lora_modules,
+    merge_lora,
+    unmerge_lora,
+)
 from peftlab.methods.peft_lora import peft_lora_layers
 from peftlab.testing import FAMILIES, tiny_batch, tiny_model
 
@@ -204,6 +212,135 @@ def test_dropout_only_on_lora_branch_and_skipped_at_zero():
     assert not torch.allclose(out1, out2)  # dropout is active in training
     q.lora_B.data.zero_()
     torch.testing.assert_close(q(x), q.base_layer(x), atol=0, rtol=0)  # ...and only on the LoRA branch
+
+
+def test_fast_dropout_is_inverted_bernoulli_with_exact_mask_gradient():
+    p, n = 0.05, 2_000_000
+    keep, scale = keep_mask(torch.Size([n]), p, torch.device("cpu"))
+    p_eff = round(p * 2**32) / 2**32
+    assert keep.dtype == torch.bool and scale == pytest.approx(1 / (1 - p_eff), rel=1e-12)
+    se = (p * (1 - p) / n) ** 0.5
+    assert abs((1 - keep.float().mean().item()) - p) < 5 * se  # binomial: |drop rate - p| < 5 SE
+    drop = FastDropout(p).train()
+    x = (torch.rand(64, 1000) + 0.5).requires_grad_(True)  # no zeros: a zero output means dropped
+    out = drop(x)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] * scale, atol=0, rtol=0)  # kept values scaled by 1/(1-p)
+    out.backward(torch.ones_like(out))
+    torch.testing.assert_close(x.grad, kept.float() * scale, atol=0, rtol=0)  # grad = mask · scale
+    assert 0.9 < kept.float().mean().item() < 0.99
+    assert torch.equal(drop.eval()(x), x)  # identity in eval mode
+
+
+def test_fast_dropout_follows_the_global_seed():
+    drop = FastDropout(0.3).train()
+    x = torch.ones(4, 50)
+    torch.manual_seed(3)
+    first = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), first)
+    assert not torch.equal(drop(x), first)
+
+
+def test_own_lora_configured_as_peft_draws_the_same_dropout_masks():
+    """fast_dropout and share_qkv off: nn.Dropout per module, in PEFT's order — equal with dropout ON."""
+    base, ours, peft = own_and_peft("bert", dropout=0.3, lora_fast_dropout=False, lora_share_qkv=False)
+    assert all(type(m.lora_dropout) is torch.nn.Dropout and m.input_group is None for _, m in lora_modules(ours))
+    batch = tiny_batch()
+    ours.train(), peft.train()
+    torch.manual_seed(11)
+    out_ours = logits_of(ours, batch)
+    torch.manual_seed(11)
+    out_peft = logits_of(peft, batch)
+    torch.testing.assert_close(out_ours, out_peft, atol=1e-6, rtol=0)
+    torch.manual_seed(12)
+    assert not torch.allclose(logits_of(ours, batch), out_ours)  # dropout really is on
+
+
+def test_default_own_lora_shares_qkv_input_and_uses_fast_dropout():
+    model = LORA.apply(tiny_model("bert"), make_cfg(dropout=0.1))
+    groups = {id(m.input_group): m.input_group for _, m in lora_modules(model) if m.input_group is not None}
+    n_layers = model.config.num_hidden_layers
+    assert len(groups) == n_layers and all(len(g.members) == 3 for g in groups.values())
+    assert layer_module(model, 0, "o").input_group is None  # o reads a different tensor
+    assert all(isinstance(m.lora_dropout, FastDropout) for _, m in lora_modules(model))
+    assert model.peftlab_lora_config["fast_dropout"] and model.peftlab_lora_config["share_qkv"]
+    # GPT-2's q, k, v are one fused c_attn module: nothing to share
+    gpt2 = LORA.apply(tiny_model("gpt2"), make_cfg(dropout=0.1))
+    assert all(m.input_group is None for _, m in lora_modules(gpt2))
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_shared_qkv_equals_per_module_branch_without_dropout(family):
+    """share_qkv only fuses the A-matmuls when dropout is off: logits and A/B gradients as per module."""
+    base = tiny_model(family)
+    shared = LORA.apply(copy.deepcopy(base), make_cfg(lora_share_qkv=True)).train()
+    single = LORA.apply(copy.deepcopy(base), make_cfg(lora_share_qkv=False)).train()
+    assert any(m.input_group is not None for _, m in lora_modules(shared))
+    randomize_lora_B(shared)
+    randomize_lora_B(single)
+    batch = tiny_batch()
+    torch.manual_seed(5)  # the model's own dropouts draw the same masks in both
+    out_shared = logits_of(shared, batch)
+    torch.manual_seed(5)
+    out_single = logits_of(single, batch)
+    torch.testing.assert_close(out_shared, out_single, atol=1e-6, rtol=0)
+    out_shared.pow(2).sum().backward()
+    out_single.pow(2).sum().backward()
+    for (name, a), (_, b) in zip(lora_modules(shared), lora_modules(single)):
+        assert a.lora_A.grad.abs().sum() > 0, name
+        torch.testing.assert_close(a.lora_A.grad, b.lora_A.grad, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(a.lora_B.grad, b.lora_B.grad, atol=1e-6, rtol=1e-5)
+
+
+def lora_delta(module, x):
+    return module(x) - module.base_layer(x)
+
+
+def test_shared_qkv_draws_one_mask_for_q_k_v():
+    """With identical A and B, q, k and v branches are equal iff they saw the same dropped x."""
+    for share in (True, False):
+        model = LORA.apply(tiny_model("bert"), make_cfg(dropout=0.5, lora_share_qkv=share)).train()
+        q, k, v = (layer_module(model, 0, t) for t in "qkv")
+        with torch.no_grad():
+            for m in (q, k, v):
+                m.lora_A.copy_(q.lora_A)
+                m.lora_B.copy_(torch.ones_like(m.lora_B))
+        x = torch.randn(2, 5, 32)
+        deltas = [lora_delta(m, x) for m in (q, k, v)]
+        same = all(torch.allclose(deltas[0], d, atol=1e-6) for d in deltas[1:])
+        assert same == share, share
+
+
+def test_shared_group_releases_input_and_redraws_for_a_repeat_call():
+    model = LORA.apply(tiny_model("bert"), make_cfg(dropout=0.5)).train()
+    q, k, v = (layer_module(model, 0, t) for t in "qkv")
+    randomize_lora_B(model)
+    x = torch.randn(2, 5, 32)
+    group = q.input_group
+    assert isinstance(group, SharedInputGroup) and group.members == [q, k, v]
+    first = lora_delta(q, x)  # lora_delta calls q once; base_layer is not a member
+    assert group._key is not None  # k and v have not read it yet
+    assert not torch.allclose(lora_delta(q, x), first)  # q again on the same x: a fresh mask
+    copy.deepcopy(model)  # a half-read cache must not break deepcopy
+    k(x), v(x)
+    assert group._key is None and group._hidden == ()  # all read: no reference to x kept
+    merge_lora(model.eval())  # merged members fall back to the plain path (no group)
+    torch.testing.assert_close(q(x), q.base_layer(x), atol=0, rtol=0)
+
+
+def test_speed_options_round_trip_through_adapter_config(tmp_path):
+    from peftlab.io import read_json
+
+    base = tiny_model("bert")
+    for share in (True, False):
+        ours = LORA.apply(copy.deepcopy(base), make_cfg(dropout=0.1, lora_share_qkv=share, lora_fast_dropout=share))
+        LORA.save_final(ours, tmp_path / str(share))
+        config = read_json(tmp_path / str(share) / "adapter_config.json")
+        assert (config["share_qkv"], config["fast_dropout"]) == (share, share)
+        loaded = LORA.load_final(copy.deepcopy(base), tmp_path / str(share))
+        q = layer_module(loaded, 0, "q")
+        assert (q.input_group is not None) == share and isinstance(q.lora_dropout, FastDropout) == share
 
 
 def test_head_gate_on_outer_module_also_gates_lora_branch():

@@ -10,6 +10,16 @@ same A and B. The wrapper stays at the wrapped module's path and keeps it as `.b
 gates hooked on the outer module gate the LoRA branch too. It wraps `nn.Linear` (any shape) and
 GPT-2's `Conv1D` (weight `[d_in, d_out]`, `fan_in_fan_out`).
 
+Training speed (issue 13; numbers in benchmarks/README.md). On the CPU, dropout masks are the
+largest single cost of a step, so by default (FAST_DROPOUT, SHARE_QKV):
+- the branch dropout is `FastDropout`: the same inverted-Bernoulli distribution as `nn.Dropout`
+  from bulk-generated bits, ~4x cheaper than `bernoulli_`; a different random stream than PEFT's;
+- q, k and v of a layer, which read the same hidden states, form a `SharedInputGroup`: ONE dropout
+  mask and one `x @ [A_q; A_k; A_v]ᵀ` for the three (loralib's fused-qkv behaviour; PEFT draws
+  three masks). With dropout off both are exact no-ops up to GEMM rounding.
+`cfg.lora_fast_dropout = False, cfg.lora_share_qkv = False` give PEFT's behaviour mask for mask
+(tested). Both settings are recorded in adapter_config.json.
+
 Only LoRA tensors and the classifier train. Saved as `adapter.safetensors` (`lora_*` tensors and
 classifier tensors, keyed by parameter name) + `adapter_config.json` (method, rank, alpha,
 dropout, targets, target module names, base fingerprint — see `methods/base.py`).
@@ -26,7 +36,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from peftlab.arch import classifier_module_names, get_submodule, parse_targets, target_module_names
+from peftlab.arch import (
+    classifier_module_names,
+    find_layers,
+    get_arch,
+    get_submodule,
+    parse_targets,
+    target_module_names,
+)
 from peftlab.errors import PeftlabError
 from peftlab.methods.base import (
     Method,
@@ -41,6 +58,10 @@ from peftlab.methods.base import (
 
 ADAPTER_WEIGHTS = "adapter.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+# Training-speed options (issue 13; measured in benchmarks/README.md). Neither changes results when
+# dropout = 0; with dropout on they change which random masks are drawn (see FastDropout, SharedInputGroup).
+FAST_DROPOUT = True  # bulk-generated dropout masks on the CPU instead of nn.Dropout's bernoulli_
+SHARE_QKV = True  # q, k, v of a layer share one dropout mask and one x @ [A_q; A_k; A_v]ᵀ
 INIT_NOTE = "A ~ kaiming_uniform(a=sqrt(5)) seeded by cfg.seed, B = 0 (PEFT's default LoRA init)"
 
 
@@ -50,11 +71,60 @@ def _conv1d_type():
     return Conv1D
 
 
+# One 64-bit draw feeds two 32-bit lanes: `random_` costs about the same per element whatever the
+# integer width, so a bool mask from int32 lanes needs half the generator calls of an int32 tensor
+# and ~1/4 of the time of `bernoulli_` (serial, one draw per element on the CPU; measured in
+# benchmarks/README.md). The lanes are uniform over all 2**32 int32 values, so
+# P(drop) = round(p · 2**32) / 2**32 — p up to 2.4e-10.
+_LANES_PER_WORD = 2
+
+
+def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+    """(bool keep mask of `shape`, scale 1 / (1 − p_eff)) with P(keep) = 1 − p_eff, p_eff = round(p·2³²)/2³².
+
+    Draws from the global generator of `device` (seeded by the Trainer like every other dropout).
+    """
+    n = math.prod(shape)
+    drop_levels = round(p * 2**32)  # int32 lanes below -2**31 + drop_levels are dropped
+    words = torch.empty(-(-n // _LANES_PER_WORD), dtype=torch.int64, device=device)
+    words.random_(-(2**63), None)  # every one of the 2**64 bit patterns, equally likely
+    lanes = words.view(torch.int32)[:n].view(shape)  # [n_words * 2] -> shape
+    return lanes >= drop_levels - 2**31, 2**32 / (2**32 - drop_levels)
+
+
+class FastDropout(nn.Module):
+    """Inverted dropout, `x · keep / (1 − p)`, with masks from `keep_mask` on the CPU.
+
+    Same distribution as `nn.Dropout(p)` (up to p rounded to 2⁻³²), a different random stream. On
+    other devices (fused dropout kernels there) and in eval mode it is exactly `F.dropout`.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.device.type != "cpu":
+            return F.dropout(x, self.p, self.training)
+        keep, scale = keep_mask(x.shape, self.p, x.device)
+        return x.mul(keep).mul_(scale)  # autograd keeps the bool mask (1 byte/element) for backward
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def make_lora_dropout(p: float, fast: bool = True) -> nn.Module:
+    """Identity at p = 0 (saves a copy of x per call), else `FastDropout` or `nn.Dropout` (`fast=False`)."""
+    if p <= 0:
+        return nn.Identity()
+    return FastDropout(p) if fast else nn.Dropout(p)
+
+
 class LoraLinear(nn.Module):
     """`base_layer(x) + scale · (dropout(x) @ Aᵀ) @ Bᵀ` around an `nn.Linear` or GPT-2 `Conv1D`."""
 
     def __init__(self, base_layer: nn.Module, rank: int, alpha: float, dropout: float,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, fast_dropout: bool = True):
         super().__init__()
         weight = base_layer.weight
         if isinstance(base_layer, _conv1d_type()):
@@ -77,16 +147,23 @@ class LoraLinear(nn.Module):
         nn.init.kaiming_uniform_(lora_A, a=math.sqrt(5), generator=generator)
         self.lora_A = nn.Parameter(lora_A.to(device=weight.device, dtype=weight.dtype))
         self.lora_B = nn.Parameter(torch.zeros(d_out, rank, device=weight.device, dtype=weight.dtype))
-        # Identity when p = 0 saves a full-size copy of x per call.
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = make_lora_dropout(dropout, fast_dropout)
         self.merged = False
+        self.input_group: SharedInputGroup | None = None  # set by `share_inputs` (plain attribute, no state)
+
+    def lora_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """dropout(x) @ Aᵀ, [..., r] — the rank-r intermediate of this module's branch."""
+        group = self.input_group
+        if group is not None and not any(m.merged for m in group.members):
+            return group.lora_hidden(self, x)
+        return F.linear(self.lora_dropout(x), self.lora_A)  # [..., r]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         if self.merged:
             return result
         # (x Aᵀ) Bᵀ: the rank-r intermediate keeps the branch at r·(d_in + d_out) MACs per token.
-        h = F.linear(self.lora_dropout(x), self.lora_A)  # [..., r]
+        h = self.lora_hidden(x)  # [..., r]
         # addmm adds scale·h Bᵀ onto the base output inside the GEMM: no separate scale and add
         # passes over [tokens, d_out] (PEFT does `result + B(A(x)) * scale`). Measured ~6 % faster
         # per wrapped 384×384 layer (fwd + bwd, 16×128 tokens, paired reps); equal up to fp rounding.
@@ -119,6 +196,71 @@ class LoraLinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, d_in={self.d_in}, d_out={self.d_out}, merged={self.merged}"
 
 
+class SharedInputGroup:
+    """LoRA wrappers that read the same input (q, k, v of one attention layer): one mask, one matmul.
+
+    The first member called with a new `x` computes `dropout(x) @ [A_1; …; A_n]ᵀ` — ONE dropout mask
+    and one [tokens, d_in] × [d_in, n·r] GEMM instead of n of each — and every member takes its
+    r columns. This is loralib's fused-qkv behaviour and a deliberate difference from PEFT, which
+    draws a mask per module: q, k and v see the *same* dropped x. With dropout off (or in eval
+    mode) the result equals the per-module branch up to GEMM rounding. Each member keeps its own
+    `lora_A`/`lora_B` (gradients reach them through the concatenation), so names, saved files and
+    ΔW are unchanged. The cache is keyed by the tensor object `x` (and its version, grad mode and
+    train mode); it is released once every member has read it, and a member called twice on the
+    same `x` draws afresh, so a module called alone behaves like the per-module branch.
+    """
+
+    def __init__(self, members: list["LoraLinear"]):
+        ranks = {m.rank for m in members}
+        d_ins = {m.d_in for m in members}
+        if len(ranks) != 1 or len(d_ins) != 1:
+            raise PeftlabError(f"LoRA modules sharing an input need one rank and input size; got ranks "
+                               f"{sorted(ranks)} and input sizes {sorted(d_ins)}")
+        self.members = members
+        self._key: tuple | None = None
+        self._hidden: tuple[torch.Tensor, ...] = ()
+        self._served: set[int] = set()
+
+    def __getstate__(self) -> dict:
+        # deepcopy / pickle: members only — a half-read cache holds graph tensors that cannot be copied.
+        return {"members": self.members, "_key": None, "_hidden": (), "_served": set()}
+
+    def lora_hidden(self, member: "LoraLinear", x: torch.Tensor) -> torch.Tensor:
+        index = next(i for i, m in enumerate(self.members) if m is member)
+        key = (x._version, torch.is_grad_enabled(), member.training)
+        if self._key is None or self._key[0] is not x or self._key[1:] != key or index in self._served:
+            lora_A = torch.cat([m.lora_A for m in self.members])  # n × [r, d_in] -> [n·r, d_in]
+            hidden = F.linear(member.lora_dropout(x), lora_A)  # [..., n·r]
+            self._hidden = hidden.split(member.rank, dim=-1)  # n × [..., r]
+            self._key, self._served = (x, *key), set()
+        self._served.add(index)
+        out = self._hidden[index]
+        if len(self._served) == len(self.members):  # everyone has read it: drop the references to x
+            self._key, self._hidden = None, ()
+        return out
+
+
+def share_inputs(model: nn.Module, targets) -> list[list[str]]:
+    """Group the q/k/v LoRA wrappers of each layer into a `SharedInputGroup`; returns the groups' names.
+
+    Only q, k and v read one tensor (the layer's hidden states); GPT-2's fused `c_attn` is one module
+    already, so it gets no group.
+    """
+    spec = get_arch(model)
+    layers_name, layers = find_layers(model)
+    wanted = [t for t in ("q", "k", "v") if t in parse_targets(targets)]
+    groups = []
+    for layer in range(len(layers)):
+        names = list(dict.fromkeys(f"{layers_name}.{layer}.{path}" for t in wanted for path in spec.paths[t]))
+        members = [get_submodule(model, name) for name in names]
+        if len(members) > 1 and all(isinstance(m, LoraLinear) for m in members):
+            group = SharedInputGroup(members)
+            for member in members:
+                member.input_group = group
+            groups.append(names)
+    return groups
+
+
 def lora_modules(model: nn.Module) -> list[tuple[str, LoraLinear]]:
     """(module name, LoraLinear) for every wrapper in `model`, in module order."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLinear)]
@@ -139,8 +281,11 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 def add_lora(model: nn.Module, module_names: list[str], rank: int, alpha: float, dropout: float,
-             seed: int) -> list[str]:
-    """Replace each named module by a `LoraLinear` around it; A drawn in `module_names` order from `seed`."""
+             seed: int, fast_dropout: bool = True) -> list[str]:
+    """Replace each named module by a `LoraLinear` around it; A drawn in `module_names` order from `seed`.
+
+    `fast_dropout=False` uses `nn.Dropout` (the same random stream as PEFT LoRA) instead of `FastDropout`.
+    """
     generator = torch.Generator().manual_seed(int(seed))
     for name in module_names:
         module = get_submodule(model, name)
@@ -148,8 +293,19 @@ def add_lora(model: nn.Module, module_names: list[str], rank: int, alpha: float,
             raise PeftlabError(f"'{name}' already has LoRA; apply the lora method to a plain base model only")
         parent_name, _, child = name.rpartition(".")
         parent = get_submodule(model, parent_name) if parent_name else model
-        setattr(parent, child, LoraLinear(module, rank, alpha, dropout, generator))
+        setattr(parent, child, LoraLinear(module, rank, alpha, dropout, generator, fast_dropout))
     return module_names
+
+
+def lora_speed_options(cfg) -> tuple[bool, bool]:
+    """(fast_dropout, share_qkv) from optional `cfg.lora_fast_dropout` / `cfg.lora_share_qkv`.
+
+    Defaults: FAST_DROPOUT and SHARE_QKV. TrainConfig has no such fields yet, so training runs use
+    the defaults; the benchmark and tests set them on a namespace.
+    """
+    fast = getattr(cfg, "lora_fast_dropout", None)
+    share = getattr(cfg, "lora_share_qkv", None)
+    return (FAST_DROPOUT if fast is None else bool(fast)), (SHARE_QKV if share is None else bool(share))
 
 
 @register_method
@@ -165,14 +321,19 @@ class LoraMethod(Method):
         targets = parse_targets(cfg.targets)
         names = target_module_names(model, targets)
         fingerprint = base_fingerprint(model)
+        fast_dropout, share_qkv = lora_speed_options(cfg)
         model.requires_grad_(False)
-        add_lora(model, names, cfg.rank, cfg.alpha, cfg.dropout, cfg.seed)
+        add_lora(model, names, cfg.rank, cfg.alpha, cfg.dropout, cfg.seed, fast_dropout)
+        if share_qkv:
+            share_inputs(model, targets)
         for name in classifier_module_names(model):
             model.get_submodule(name).requires_grad_(True)
         stash_fingerprint(model, fingerprint)
-        # What save_final writes into adapter_config.json.
+        # What save_final writes into adapter_config.json (the two speed options are provenance only:
+        # they change how dropout masks are drawn in training, not the saved tensors).
         model.peftlab_lora_config = {"rank": cfg.rank, "alpha": float(cfg.alpha), "dropout": float(cfg.dropout),
-                                     "targets": list(targets), "target_modules": names}
+                                     "targets": list(targets), "target_modules": names,
+                                     "fast_dropout": fast_dropout, "share_qkv": share_qkv}
         return model
 
     def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -207,7 +368,8 @@ class LoraMethod(Method):
                                f"load it with that method")
         check_same_base(config["base_model"], base_model, out_dir)
         cfg = SimpleNamespace(rank=config["rank"], alpha=config["alpha"], dropout=config["dropout"],
-                              targets=tuple(config["targets"]), seed=0)
+                              targets=tuple(config["targets"]), seed=0,
+                              lora_fast_dropout=config.get("fast_dropout"), lora_share_qkv=config.get("share_qkv"))
         model = self.apply(base_model, cfg)
         if model.peftlab_lora_config["target_modules"] != config["target_modules"]:
             raise PeftlabError(f"{out_dir} adapts {len(config['target_modules'])} modules starting "
