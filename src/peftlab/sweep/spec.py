@@ -14,15 +14,17 @@ as `peftlab train key=value` would be, so a typo is the same one-line error.
 Run directories are the usual `<out>/<METHOD>/<TASK>/seed<S>[_r<R>]` (a sweep run is the very run
 `peftlab train` would write). Only task, method, seed and rank name a run directory; an axis over
 any other key (lr, targets, epochs, ...) would put several grid points into one directory, so each
-such point gets its own output root `<out>/<key>-<value>[__<key>-<value>...]/` below which the
-usual layout follows. Grid points that still share a run directory differ only in a setting the
+such point gets its own output root `<out>/<key>-<value>[__<key>-<value>...]/` (characters other
+than letters, digits and `._+-` become `-`) below which the usual layout follows. Grid points that still share a run directory differ only in a setting the
 method ignores (e.g. `rank` for `fft`): they are one run, trained once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +175,10 @@ def _variant(point: dict[str, Any], cfg: TrainConfig) -> str | None:
         parts.append(f"{key}-{text}")
     if not parts:
         return None
-    return safe_name("__".join(parts), "sweep axis values")
+    text = re.sub(r"[^A-Za-z0-9._+-]", "-", "__".join(parts)).lstrip(".-")
+    if len(text) > 80:  # e.g. a model path: keep it readable and unique
+        text = f"{text[:60]}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+    return safe_name(text, "sweep axis values")
 
 
 def expand(spec: SweepSpec, out: str | Path) -> list[SweepRun]:
