@@ -37,6 +37,8 @@ INSTALL_HINT = 'pip install "peftlab[ray]"'
 def require_ray():
     """Import ray (with Tune) or fail with one line naming the extra to install."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting (and no network attempt)
+    # the legacy reporter honours verbose=0; the new one prints a config box and tables regardless
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
         import ray
         from ray import tune  # noqa: F401 - Tune needs pyarrow etc.: check the whole extra
@@ -126,8 +128,32 @@ def _trial(config: dict, cfgs: list[dict], cpus: float, fail_fast: bool) -> None
     tune.report({"failed": 0, "error": ""})
 
 
+def _progress_callback(tune, runs: list[SweepRun], echo):
+    """A Tune callback printing one line per finished trial (worker output is not forwarded)."""
+
+    class Progress(tune.Callback):
+        def __init__(self):
+            self.n_done = 0
+
+        def _line(self, trial, what: str) -> None:
+            self.n_done += 1
+            index = (trial.config or {}).get("index")
+            label = runs[index].label if isinstance(index, int) else trial.trial_id
+            result = trial.last_result or {}
+            status = f"failed: {result.get('error')}" if result.get("failed") == 1 else what
+            echo(f"[{self.n_done}/{len(runs)}] {label}: {status}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._line(trial, "done")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trial, "failed")
+
+    return Progress()
+
+
 def run_ray(runs: list[SweepRun], resources: Resources, sweep_dir: Path, fail_fast: bool = False,
-            address: str | None = None) -> tuple[dict[str, dict], dict[str, Any]]:
+            address: str | None = None, echo=print) -> tuple[dict[str, dict], dict[str, Any]]:
     """Run the grid as Tune trials; returns ({run_dir: outcome}, extra fields for sweep.json)."""
     ray = require_ray()
     from ray import tune
@@ -162,8 +188,11 @@ def run_ray(runs: list[SweepRun], resources: Resources, sweep_dir: Path, fail_fa
             trainable,
             # grid_search over the run index: trials start in grid order (FIFO); no scheduler = no early stopping
             param_space={"index": tune.grid_search(list(range(len(runs))))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent),
+            # reuse_actors: a finished trial's worker process takes the next one, so torch/transformers are
+            # imported once per concurrent slot rather than once per run (train_run sets its own seeds and state)
+            tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir.resolve()), verbose=0,
+                                      callbacks=[_progress_callback(tune, runs, echo)],
                                       failure_config=tune.FailureConfig(fail_fast=fail_fast)),
         )
         t_fit = time.perf_counter()

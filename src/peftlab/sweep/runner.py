@@ -89,7 +89,8 @@ def run_sweep(spec: SweepSpec, out: str | Path = "outputs", backend: str = "loca
         else:
             from peftlab.sweep.ray_backend import run_ray
 
-            outcomes, extra = run_ray(runs, spec.resources, sweep_dir, fail_fast=fail_fast, address=ray_address)
+            outcomes, extra = run_ray(runs, spec.resources, sweep_dir, fail_fast=fail_fast, address=ray_address,
+                                      echo=echo)
         complete = all(str(r.run_dir) in outcomes for r in runs)
     finally:
         write_results(spec, runs, states, outcomes, sweep_dir, backend=backend, started=started,
