@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
         out: str = typer.Option("outputs", "--out", help="Output root: runs go to the usual <out>/<METHOD>/<TASK>/"
                                 "... layout, the summary to <out>/SWEEP/<name>/."),
         backend: str = typer.Option("local", "--backend", help="local (one run after another) | ray (Ray Tune "
-                                    "trials; needs pip install \"peftlab[ray]\")."),
+                                    "trials; needs pip install \"peftlab\\[ray]\")."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and which runs are done / to do; "
                                      "train nothing."),
         fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failing run (default: record "
