@@ -27,7 +27,7 @@ def torch_threads(n: float):
         torch.set_num_threads(before)
 
 
-def run_local(runs: list[SweepRun], resources: Resources, fail_fast: bool = False) -> dict[str, dict]:
+def run_local(runs: list[SweepRun], resources: Resources, fail_fast: bool = False, echo=print) -> dict[str, dict]:
     """Train every run in order; returns {run_dir: {"status", "error", "seconds"}} for the runs started."""
     from tqdm.auto import tqdm
 
@@ -36,6 +36,10 @@ def run_local(runs: list[SweepRun], resources: Resources, fail_fast: bool = Fals
 
     outcomes: dict[str, dict] = {}
     bar = tqdm(total=len(runs), desc="sweep", unit="run", disable=not sys.stderr.isatty())
+
+    def say(line: str) -> None:
+        with tqdm.external_write_mode():  # clears the bar, prints, redraws it
+            echo(line)
     try:
         for i, run in enumerate(runs, 1):
             was_done = is_finished(run.run_dir)
@@ -47,13 +51,13 @@ def run_local(runs: list[SweepRun], resources: Resources, fail_fast: bool = Fals
                 line = one_line_error(err)
                 outcomes[str(run.run_dir)] = {"status": "failed", "error": line,
                                               "seconds": time.perf_counter() - start}
-                bar.write(f"[{i}/{len(runs)}] {run.label}: failed: {line}")
+                say(f"[{i}/{len(runs)}] {run.label}: failed: {line}")
                 if fail_fast:
                     break
             else:
                 status = "skipped" if was_done else "finished"
                 outcomes[str(run.run_dir)] = {"status": status, "error": None, "seconds": time.perf_counter() - start}
-                bar.write(f"[{i}/{len(runs)}] {run.label}: {status}: {summary_line(run.run_dir)}")
+                say(f"[{i}/{len(runs)}] {run.label}: {status}: {summary_line(run.run_dir)}")
             bar.update(1)
     finally:
         bar.close()

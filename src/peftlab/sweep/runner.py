@@ -85,7 +85,7 @@ def run_sweep(spec: SweepSpec, out: str | Path = "outputs", backend: str = "loca
         if backend == "local":
             from peftlab.sweep.local import run_local
 
-            outcomes = run_local(runs, spec.resources, fail_fast=fail_fast)
+            outcomes = run_local(runs, spec.resources, fail_fast=fail_fast, echo=echo)
         else:
             from peftlab.sweep.ray_backend import run_ray
 
