@@ -246,3 +246,17 @@ def test_ray_temp_dir_is_short_enough_for_unix_sockets(tmp_path):
     deep = tmp_path / ("d" * 60) / "SWEEP" / "tiny"
     chosen, why = ray_temp_dir(deep)
     assert len(str(chosen)) <= MAX_TEMP_DIR and "107" in why
+
+
+@pytest.mark.skipif(_ray_missing() is not None, reason=str(_ray_missing()))
+def test_ray_backend_skips_finished_runs_without_starting_ray(local_sweep, tiny_inputs, monkeypatch):
+    import ray
+
+    def no_init(*args, **kwargs):
+        raise AssertionError("ray.init must not be called when every run is finished")
+
+    monkeypatch.setattr(ray, "init", no_init)
+    out, sweep_dir, _ = local_sweep
+    run_sweep(parse_spec(spec_dict(tiny_inputs)), out=out, backend="ray", echo=lambda _: None)
+    assert {r["status"] for r in read_csv(sweep_dir / "sweep.csv")} == {"skipped"}
+    assert read_json(sweep_dir / "sweep.json")["ray"]["trials"] == 0

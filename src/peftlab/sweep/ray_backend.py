@@ -128,7 +128,7 @@ def _trial(config: dict, cfgs: list[dict], cpus: float, fail_fast: bool) -> None
     tune.report({"failed": 0, "error": ""})
 
 
-def _progress_callback(tune, runs: list[SweepRun], echo):
+def _progress_callback(tune, runs: list[SweepRun], echo, total: int):
     """A Tune callback printing one line per finished trial (worker output is not forwarded)."""
 
     class Progress(tune.Callback):
@@ -141,7 +141,7 @@ def _progress_callback(tune, runs: list[SweepRun], echo):
             label = runs[index].label if isinstance(index, int) else trial.trial_id
             result = trial.last_result or {}
             status = f"failed: {result.get('error')}" if result.get("failed") == 1 else what
-            echo(f"[{self.n_done}/{len(runs)}] {label}: {status}")
+            echo(f"[{self.n_done}/{total}] {label}: {status}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._line(trial, "done")
@@ -160,8 +160,13 @@ def run_ray(runs: list[SweepRun], resources: Resources, sweep_dir: Path, fail_fa
 
     from peftlab.runs import is_finished
 
-    done_before = {str(r.run_dir) for r in runs if is_finished(r.run_dir)}
-    extra: dict[str, Any] = {"ray": {"address": address}}
+    # finished runs are not sent to Ray at all (a trial would only start a worker to find them done)
+    outcomes: dict[str, dict] = {str(r.run_dir): {"status": "skipped", "error": None, "seconds": 0.0}
+                                 for r in runs if is_finished(r.run_dir)}
+    todo = [i for i, r in enumerate(runs) if str(r.run_dir) not in outcomes]
+    extra: dict[str, Any] = {"ray": {"address": address, "trials": len(todo)}}
+    if not todo:
+        return outcomes, extra
     started_here = not ray.is_initialized()
     t0 = time.perf_counter()
     if started_here:
@@ -170,7 +175,7 @@ def run_ray(runs: list[SweepRun], resources: Resources, sweep_dir: Path, fail_fa
         else:
             temp_dir, why = ray_temp_dir(sweep_dir)
             extra["ray"].update({"temp_dir": str(temp_dir), "temp_dir_note": why})
-            n_parallel = min(resources.max_concurrent, len(runs)) or 1
+            n_parallel = min(resources.max_concurrent, len(todo))
             ray.init(num_cpus=max(1, int(resources.cpus_per_run * n_parallel + 0.999)),
                      num_gpus=int(resources.gpus_per_run * n_parallel + 0.999) if resources.gpus_per_run else None,
                      include_dashboard=False, _temp_dir=str(temp_dir), log_to_driver=False)
@@ -187,12 +192,12 @@ def run_ray(runs: list[SweepRun], resources: Resources, sweep_dir: Path, fail_fa
         tuner = tune.Tuner(
             trainable,
             # grid_search over the run index: trials start in grid order (FIFO); no scheduler = no early stopping
-            param_space={"index": tune.grid_search(list(range(len(runs))))},
+            param_space={"index": tune.grid_search(todo)},
             # reuse_actors: a finished trial's worker process takes the next one, so torch/transformers are
             # imported once per concurrent slot rather than once per run (train_run sets its own seeds and state)
             tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir.resolve()), verbose=0,
-                                      callbacks=[_progress_callback(tune, runs, echo)],
+                                      callbacks=[_progress_callback(tune, runs, echo, len(todo))],
                                       failure_config=tune.FailureConfig(fail_fast=fail_fast)),
         )
         t_fit = time.perf_counter()
@@ -202,7 +207,6 @@ def run_ray(runs: list[SweepRun], resources: Resources, sweep_dir: Path, fail_fa
             extra["ray"]["stopped"] = one_line_error(err)
             results = tuner.get_results()
         extra["ray"]["fit_s"] = round(time.perf_counter() - t_fit, 3)
-        outcomes: dict[str, dict] = {}
         for result in results:
             index = (result.config or {}).get("index")
             if index is None:
@@ -215,8 +219,7 @@ def run_ray(runs: list[SweepRun], resources: Resources, sweep_dir: Path, fail_fa
                 outcomes[key] = {"status": "failed", "error": one_line_error(result.error),
                                  "seconds": metrics.get("time_total_s")}
             elif metrics.get("failed") == 0:
-                outcomes[key] = {"status": "skipped" if key in done_before else "finished", "error": None,
-                                 "seconds": metrics.get("time_total_s")}
+                outcomes[key] = {"status": "finished", "error": None, "seconds": metrics.get("time_total_s")}
         return outcomes, extra
     finally:
         if started_here:
