@@ -260,3 +260,23 @@ def test_ray_backend_skips_finished_runs_without_starting_ray(local_sweep, tiny_
     run_sweep(parse_spec(spec_dict(tiny_inputs)), out=out, backend="ray", echo=lambda _: None)
     assert {r["status"] for r in read_csv(sweep_dir / "sweep.csv")} == {"skipped"}
     assert read_json(sweep_dir / "sweep.json")["ray"]["trials"] == 0
+
+
+@pytest.mark.skipif(_ray_missing() is not None, reason=str(_ray_missing()))
+def test_shared_storage_check_runs_on_every_node(tmp_path):
+    """The --ray-address check, on a one-node local Ray: the probe is seen there, and removed afterwards."""
+    import tempfile
+
+    import ray
+
+    from peftlab.sweep.ray_backend import check_shared_storage, require_ray
+
+    require_ray()
+    with tempfile.TemporaryDirectory(prefix="plr-", dir="/tmp") as temp_dir:  # short: unix socket path limit
+        ray.init(num_cpus=1, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+        try:
+            nodes = check_shared_storage(ray, tmp_path / "out")
+        finally:
+            ray.shutdown()
+    assert len(nodes) == 1
+    assert list((tmp_path / "out").iterdir()) == []
