@@ -82,6 +82,10 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config, cli_overrides(options, overrides))
         skipped = not force and is_finished(run_dir_for(cfg))
         run_dir = train_run(cfg, force=force)
+        from peftlab.training.distributed import is_main
+
+        if not is_main():  # torchrun: rank 0 reports, the other ranks stay quiet
+            return
         typer.echo(str(run_dir))
         typer.echo(summary_line(run_dir) + (" (already finished: skipped; --force re-runs it)" if skipped else ""))
 

@@ -32,7 +32,8 @@ class MetricsLogCallback(TrainerCallback):
         # The Trainer's end-of-train summary is skipped: its train_loss/runtime cover only the last
         # `train()` call, so after a resume they would disagree with an uninterrupted run.
         # final_metrics.json holds the whole run's timing and mean training loss instead.
-        if logs and log_kind(logs) != "summary":
+        # only the main process writes (under torchrun every rank sees the same logs)
+        if logs and log_kind(logs) != "summary" and state.is_world_process_zero:
             row = {"kind": log_kind(logs), "step": state.global_step, "epoch": state.epoch, **logs}
             append_jsonl(self.path, row)
 
@@ -57,7 +58,7 @@ class TimingCheckpointCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if checkpoint.is_dir():
+        if checkpoint.is_dir() and state.is_world_process_zero:  # one writer under torchrun
             atomic_write_json(checkpoint / TIMING_FILE, self.elapsed())
 
 

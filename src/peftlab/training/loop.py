@@ -17,6 +17,11 @@
 
 Nothing looks complete before it is: ckpt dirs are written under a temporary name and renamed,
 JSON files are written atomically, and only `final_metrics.json` marks a finished run.
+
+Under `torchrun --nproc_per_node N` (HF Trainer DDP) every rank runs every stage, but only rank 0
+writes or deletes files; the other ranks wait for it where it changes the run directory
+(`training/distributed.py`). The Trainer itself also writes one `rng_state_<rank>.pth` per rank into
+each checkpoint, which resuming needs.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from peftlab.runs import (
     read_run_config,
     run_dir_for,
 )
+from peftlab.training import distributed
 from peftlab.training.provenance import git_commit, package_versions, peak_memory
 from peftlab.training.rundir import (
     atomic_dir,
@@ -119,6 +125,7 @@ def train_run(cfg: TrainConfig, force: bool = False, callbacks: list | None = No
 
     run = Run(cfg=cfg, method=get_method(cfg.method), spec=get_task(cfg.task), run_dir=run_dir_for(cfg),
               device=pick_device(cfg.device), t_start=t_start, callbacks=list(callbacks or []))
+    main = distributed.is_main()  # torchrun: rank 0 writes, the other ranks only read (see module docstring)
     if force and foreign_entries(run.run_dir):
         clear_run_dir(run.run_dir)  # raises, deleting nothing: the dir holds a user's file
     if not force and is_finished(run.run_dir):
@@ -133,13 +140,19 @@ def train_run(cfg: TrainConfig, force: bool = False, callbacks: list | None = No
     created = check_writable(run.run_dir, cfg.out)  # fails fast; empty dirs it made are removed on failure
     try:
         preflight(run)
-        if force:
-            clear_run_dir(run.run_dir)  # inputs are known good now; deletes only peftlab's files
-        resume(run)
+        if main:
+            if force:
+                clear_run_dir(run.run_dir)  # inputs are known good now; deletes only peftlab's files
+            resume(run)
+        distributed.barrier(run.device)  # other ranks pick their checkpoint only after rank 0 cleaned up
+        if not main:
+            resume(run, writes=False)
         theta0(run)
         data(run)
         train(run)
-        return finalize(run)
+        finalize(run)
+        distributed.barrier(run.device)  # no rank returns (and reads final_metrics.json) before rank 0 wrote it
+        return run.run_dir
     except BaseException:
         remove_empty_dirs(run.run_dir, created)  # failed before writing anything: leave no empty dirs behind
         raise
@@ -181,24 +194,30 @@ def preflight(run: Run) -> None:
     run.data_s = time.perf_counter() - t0
 
 
-def resume(run: Run) -> None:
-    """Resume from the newest complete checkpoint, or clear partial leftovers for a fresh start."""
+def resume(run: Run, writes: bool = True) -> None:
+    """Resume from the newest complete checkpoint, or clear partial leftovers for a fresh start.
+
+    `writes=False` (torchrun ranks > 0): choose the same checkpoint, delete nothing."""
     from peftlab.training.callbacks import read_checkpoint_timing
 
     run_dir = run.run_dir
-    remove_litter(run_dir)  # temp dirs/files of writes a kill interrupted
+    if writes:
+        remove_litter(run_dir)  # temp dirs/files of writes a kill interrupted
     checkpoints = sorted((run_dir / CHECKPOINTS).glob("checkpoint-*")) if (run_dir / CHECKPOINTS).is_dir() else []
     checkpoint = last_complete_checkpoint(run_dir / CHECKPOINTS)
     newest = max(checkpoints, key=lambda p: _step_of(p), default=None)
     if newest is not None and checkpoint != newest:
         run.resume_note = (f"{newest.name} was incomplete or corrupt; resumed from "
                            f"{checkpoint.name if checkpoint else 'the start'} instead")
-        print(f"note: {run.resume_note}", file=sys.stderr)
+        if writes:
+            print(f"note: {run.resume_note}", file=sys.stderr)
     run.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if checkpoint is not None and (run_dir / RUN_CONFIG).is_file():
         previous = read_run_config(run_dir)
         run.created_at = previous.get("created", run.created_at)
         diff = _config_diff(previous.get("config", {}), run.cfg.to_dict())
+        if previous.get("world_size", 1) != distributed.world_size():  # DDP splits each batch: another data order
+            diff.append(f"world_size: {previous.get('world_size', 1)} -> {distributed.world_size()} processes")
         if diff:
             raise PeftlabError(
                 f"'{run_dir}' holds an unfinished run with other settings ({'; '.join(diff[:3])}); "
@@ -207,7 +226,7 @@ def resume(run: Run) -> None:
     else:
         checkpoint = None  # a checkpoint without its run_config.json cannot be trusted
         # nothing to resume: clear partial leftovers so the new run's files are its own
-        for name in (METRICS_LOG, FINAL_METRICS, CKPT_FINAL, CHECKPOINTS):
+        for name in (METRICS_LOG, FINAL_METRICS, CKPT_FINAL, CHECKPOINTS) if writes else ():
             path = run_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     run.checkpoint = checkpoint
@@ -233,11 +252,13 @@ def theta0(run: Run) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    if run.checkpoint is None or not (run_dir / CKPT_INIT).is_dir():
+    main = distributed.is_main()
+    if main and (run.checkpoint is None or not (run_dir / CKPT_INIT).is_dir()):
         run.save_s += atomic_dir(run_dir / CKPT_INIT, save_init)
 
     # run_config.json (provenance; not a completion marker). Tokenizing keeps every row, so n_used = rows.
-    atomic_write_json(run_dir / RUN_CONFIG, {
+    world = distributed.world_size()
+    provenance = {
         "config": cfg.to_dict(),
         "method": cfg.method,
         "task": spec.name,
@@ -251,7 +272,12 @@ def theta0(run: Run) -> None:
         "created": run.created_at,
         "resumed_from_step": run.resumed_step or None,
         "resume_note": run.resume_note,
-    })
+        # one optimizer step sees batch_size rows on each of world_size processes, grad_accum times
+        "world_size": world,
+        "effective_batch_size": cfg.batch_size * cfg.grad_accum * world,
+    }
+    if main:
+        atomic_write_json(run_dir / RUN_CONFIG, provenance)
 
     model = run.method.apply(model, cfg)
     trainable = run.method.trainable_parameters(model)
@@ -292,7 +318,8 @@ def train(run: Run) -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     cfg, spec, run_dir, device = run.cfg, run.spec, run.run_dir, run.device
     dtype = pick_dtype(device)
-    batches_per_epoch = math.ceil(len(run.train_set) / cfg.batch_size)
+    # each of the world_size processes takes its own batch_size rows per micro-step (DDP)
+    batches_per_epoch = math.ceil(len(run.train_set) / (cfg.batch_size * distributed.world_size()))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
 
@@ -394,6 +421,8 @@ def finalize(run: Run) -> Path:
         timing["eval_s"] += time.perf_counter() - t0
     dev = _strip_eval(eval_metrics)
 
+    if not distributed.is_main():  # torchrun: the evaluation above is collective; writing is rank 0's job
+        return run_dir
     trained = trainer.accelerator.unwrap_model(trainer.model)
     timing["save_s"] += atomic_dir(run_dir / CKPT_FINAL, lambda tmp: run.method.save_final(trained, tmp))
     timing["data_s"] = run.data_s
