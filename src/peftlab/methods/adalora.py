@@ -22,6 +22,8 @@ not in Trainer checkpoints, so a resumed run would allocate differently from an 
 
 from __future__ import annotations
 
+import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -133,11 +135,34 @@ class AdaLoraMethod(PeftLoraMethod):
         return peft_model
 
     def load_final(self, base_model: nn.Module, out_dir) -> nn.Module:
-        model = super().load_final(base_model, out_dir)  # PEFT resizes the layers to the saved rank pattern
+        with warnings.catch_warnings():  # LoRA's per-module `rank_pattern` check misreads AdaLoRA's masks
+            warnings.filterwarnings("ignore", message=r".*rank_pattern keys did not match.*")
+            model = super().load_final(base_model, out_dir)  # PEFT resizes the layers to the saved rank pattern
+        # PEFT 0.21 sets `trainable_adapter_name` only for a trainable adapter, yet its forward reads it whenever
+        # labels are given: without it a loaded model fails on `model(**batch, labels=...)`.
+        if "trainable_adapter_name" not in model.base_model.__dict__:
+            model.base_model.trainable_adapter_name = ADAPTER
         install_task_loss_in_eval(model)
         return model
 
-    # delta_weights: inherited — PEFT's SVDLinear.get_delta_weight = B·(A⊙E)·scaling/(ranknum + 1e-5), fp32
+    def delta_weights(self, model_final: nn.Module, model_init: nn.Module) -> dict[str, torch.Tensor]:
+        """ΔW = B·(A⊙E)·scaling / (ranknum + 1e-5) per adapted module: PEFT's `SVDLinear.get_delta_weight`,
+        computed in fp32 (a low-precision layer is copied to fp32 first) = merged − base. Keyed by HF name."""
+        from peftlab.arch import get_submodule
+        from peftlab.methods.peft_lora import peft_lora_layers
+
+        deltas = {}
+        for name, layer in peft_lora_layers(model_final):
+            if layer.lora_A[ADAPTER].dtype != torch.float32:
+                layer = copy.deepcopy(layer).float()
+            with torch.no_grad():
+                delta = layer.get_delta_weight(ADAPTER).detach().float()  # Linear [d_out, d_in]; Conv1D [d_in, d_out]
+            init_weight = get_submodule(model_init, name).weight
+            if delta.shape != init_weight.shape:
+                raise PeftlabError(f"AdaLoRA update of '{name}' has shape {tuple(delta.shape)} but θ0's weight is "
+                                   f"{tuple(init_weight.shape)}; pass the θ0 model of the same run")
+            deltas[name] = delta.cpu()
+        return deltas
 
     def preflight(self, cfg, total_steps: int) -> None:
         resolve_schedule(cfg, total_steps)
