@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import TrainerCallback
 
 from peftlab.config import TrainConfig, load_config
 from peftlab.errors import PeftlabError
@@ -321,8 +322,26 @@ def test_a_killed_adalora_run_refuses_to_resume(tmp_path, make_cfg):
         train_run(cfg, callbacks=[StopAfterStepCallback(2)])
     with pytest.raises(PeftlabError, match="cannot resume exactly.*--force"):
         train_run(cfg)
-    run = train_run(cfg, force=True)
+    spy = GradientSpy()
+    run = train_run(cfg, force=True, callbacks=[spy])
     assert read_json(run / "final_summary.json")["budget_ok"]
+    # the allocation hook sees every AdaLoRA gradient; one hook later (on_step_end) they are gone
+    assert spy.at_optimizer_step == [True] * 6 and spy.at_step_end == [False] * 6
+
+
+class GradientSpy(TrainerCallback):
+    def __init__(self):
+        self.at_optimizer_step, self.at_step_end = [], []
+
+    @staticmethod
+    def _all_grads(model):
+        return all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n and p.requires_grad)
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.at_optimizer_step.append(self._all_grads(model))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.at_step_end.append(self._all_grads(model))
 
 
 def test_fingerprint_unchanged_by_apply():
@@ -330,3 +349,43 @@ def test_fingerprint_unchanged_by_apply():
     before = base_fingerprint(base)
     model = ADALORA.apply(copy.deepcopy(base), cfg_for())
     assert model.peftlab_base_fingerprint == before
+
+
+# ------------------------------------------------------------------ CLI: run, plot, compare
+
+def run_cli(args, capsys):
+    from peftlab.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def test_cli_run_plot_compare(tmp_path, tiny_dir, data_dir, capsys):
+    common = [f"model={tiny_dir}", f"data_dir={data_dir}", *SMALL, *SCHEDULE[2:]]
+    for seed in (1, 2):
+        for signal in ("baseline_adalora", "combo"):
+            code, out, err = run_cli(["adalora", "run", "--task", "RTE", "--signal", signal, "--seed", str(seed),
+                                      "--out", str(tmp_path), *[c for c in common if not c.startswith("seed=")]],
+                                     capsys)
+            assert code in (0, None), err
+            assert f"ADALORA/RTE/{signal}/seed{seed}" in out and "[AdaLoRA Update] Step 4" in err
+    run = tmp_path / "ADALORA" / "RTE" / "combo" / "seed1"
+    assert read_json(run / "run_config.json")["config"]["targets"] == list(ALL)  # AdaLoRA's default targets
+    code, out, err = run_cli(["adalora", "plot", str(run)], capsys)
+    assert code in (0, None), err
+    for name in ("rank_evolution.png", "signal_heatmap.png"):
+        assert (run / "analysis" / name).read_bytes()[:4] == b"\x89PNG"
+    code, out, err = run_cli(["adalora", "compare", "--task", "RTE", "--seeds", "1", "2", "--out", str(tmp_path)], capsys)
+    assert code in (0, None), err
+    data = read_json(tmp_path / "ADALORA" / "RTE" / "compare" / "compare.json")
+    assert data["signals"]["combo"]["n"] == 2 and data["signals"]["combo"]["se"] is not None
+    scores = {s: [read_json(tmp_path / "ADALORA" / "RTE" / s / f"seed{k}" / "final_summary.json")["score"]
+                  for k in (1, 2)] for s in ("baseline_adalora", "combo")}
+    diffs = [c - b for c, b in zip(scores["combo"], scores["baseline_adalora"])]
+    assert data["vs_baseline"]["combo"]["mean"] == pytest.approx(sum(diffs) / 2)
+    assert len(data["missing_runs"]) == 2 * 2  # importance_only, plasticity_only × seeds 1, 2
+    code, out, err = run_cli(["adalora", "run", "--signal", "nope", "--out", str(tmp_path), *common], capsys)
+    assert code == 2 and err.strip() == "error: unknown signal 'nope'; choose one of: baseline_adalora, " \
+        "importance_only, plasticity_only, combo"

@@ -4,7 +4,8 @@ Files in the run directory (written as training goes; none marks completion — 
   rank_pattern.jsonl   one row per allocation: {kind: "allocation", step, budget (scheduled), total_rank,
                        budget_ok, n_active_modules, revived, changed: {module: [old, new]}, ranks: {module: rank}};
                        a last row {kind: "end", ...} with the trainable parameter counts
-  signal_scores.jsonl  one row per allocation: {step, signal, scores: {module: [T_i for each triplet]}}
+  signal_scores.jsonl  one row per allocation: {step, signal, scores: {module: [T_i for each triplet]},
+                       kept: {module: [triplet kept?]}} (T_i as in adalora_signals; baseline: PEFT's score)
   final_summary.json   written by `write_final_summary` before final_metrics.json: dev metrics, total_rank,
                        target_budget, budget_ok, trainable params at start and end, train time
 """
@@ -106,7 +107,8 @@ class AdaLoraCallback(TrainerCallback):
             if scores is not None:
                 append_jsonl(self.run_dir / SIGNAL_SCORES, {
                     "step": step, "signal": self.cfg.signal,
-                    "scores": {module_of(k): [float(x) for x in v.view(-1)] for k, v in scores.items()}})
+                    "scores": {module_of(k): [float(x) for x in v.view(-1)] for k, v in scores.items()},
+                    "kept": {module_of(k): [bool(x) for x in kept] for k, kept in pattern.items()}})
         moved = ", ".join(f"{m} {a}→{b}" for m, (a, b) in list(changed.items())[:8])
         more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
         self._say(f"[AdaLoRA Update] Step {step}: Total budget={budget}, Active modules={row['n_active_modules']}"
