@@ -266,6 +266,10 @@ def test_training_run_reaches_the_target_budget_and_writes_its_files(runs, signa
     scores = read_jsonl(run / "signal_scores.jsonl")
     assert [s["step"] for s in scores] == [2, 3, 4] and all(s["signal"] == signal for s in scores)
     assert set(scores[0]["scores"]) == set(allocations[0]["ranks"])
+    for row, allocation in zip(scores, allocations):  # the kept triplets are the top `budget` scores
+        pairs = [(v, k) for m in row["scores"] for v, k in zip(row["scores"][m], row["kept"][m])]
+        kept = [v for v, k in pairs if k]
+        assert len(kept) == allocation["budget"] and min(kept) >= max(v for v, k in pairs if not k)
     summary = read_json(run / "final_summary.json")
     metrics = read_json(run / "final_metrics.json")
     assert summary["budget_ok"] and summary["total_rank"] == summary["target_budget"] == 24

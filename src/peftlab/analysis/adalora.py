@@ -72,6 +72,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax_total.plot(steps, [r["total_rank"] for r in allocations], "o", ms=3, label="total rank kept")
     if end is not None:
         ax_total.axhline(end["target_budget"], ls="--", c="grey", label=f"target budget {end['target_budget']}")
+    ax_total.xaxis.get_major_locator().set_params(integer=True)
     ax_total.set(xlabel="optimizer step", ylabel="total rank (triplets)", title="AdaLoRA budget")
     ax_total.legend()
     ranks = np.array([[r["ranks"].get(m, 0) for r in allocations] for m in modules])  # [module, allocation]
@@ -99,6 +100,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
                 if not keep:
                     ax.text(j, i, "×", ha="center", va="center", color="cyan", fontsize=6)
         ax.set_yticks(range(len(names)), [_short(n) for n in names], fontsize=6)
+        ax.set_xticks(range(width))
         ax.set(xlabel="triplet (rank-1 component) index",
                title=f"signal {last['signal']}: triplet scores at step {last['step']} (× = masked)")
         fig.colorbar(image, ax=ax, label="triplet score T")
