@@ -300,6 +300,27 @@ def test_save_load_keeps_the_final_ranks_and_the_logits(runs):
         assert torch.equal(model(**batch).logits, again(**batch).logits)
 
 
+class KeepModel(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+def test_trained_model_and_saved_model_give_identical_logits(tmp_path, make_cfg, data_dir):
+    """In-memory θ1 at the end of training == θ1 loaded from ckpt_final (ranks shrunk, some possibly to 0)."""
+    keep = KeepModel()
+    run = train_run(make_cfg(tmp_path, "signal=importance_only", "target_r=1"), callbacks=[keep])
+    loaded, tokenizer, _ = load_run_model(run, "final")
+    from peftlab.methods.adalora import rank_per_module
+
+    ranks = rank_per_module(loaded)
+    assert sum(ranks.values()) == 12 and ranks == rank_per_module(keep.model)
+    assert 0 in ranks.values()  # (seeded) some matrices lost every triplet: rank 0 saves and loads too
+    batch = tokenizer(["a first sentence", "and a second one here"], padding=True, return_tensors="pt")
+    keep.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, keep.model(**batch).logits, rtol=0, atol=1e-6)
+
+
 def test_delta_weights_equal_merged_minus_base(runs):
     run = runs("importance_only")
     final, _, _ = load_run_model(run, "final")

@@ -134,6 +134,13 @@ class AdaLoraMethod(PeftLoraMethod):
         stash_fingerprint(peft_model, fingerprint)
         return peft_model
 
+    def save_final(self, model: nn.Module, out_dir) -> None:
+        # A matrix AdaLoRA shrank to rank 0 is saved as lora_A (0, in) / lora_B (out, 0), which PEFT reports as
+        # "invalid shape ... DeepSpeed ZeRO-3 / FSDP" — wrong for AdaLoRA, where rank 0 is a legitimate result.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LoRA tensor\(s\) have invalid shape.*")
+            super().save_final(model, out_dir)
+
     def load_final(self, base_model: nn.Module, out_dir) -> nn.Module:
         with warnings.catch_warnings():  # LoRA's per-module `rank_pattern` check misreads AdaLoRA's masks
             warnings.filterwarnings("ignore", message=r".*rank_pattern keys did not match.*")
