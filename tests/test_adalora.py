@@ -277,6 +277,13 @@ def test_training_run_reaches_the_target_budget_and_writes_its_files(runs, signa
     assert summary["trainable_params_end"] < summary["trainable_params_start"] == metrics["trainable_params"]
 
 
+def test_train_command_hint_names_the_signal(runs):
+    from peftlab.runs import read_run_info
+
+    command = read_run_info(runs("combo")).train_command()
+    assert command.startswith("peftlab train --task RTE --method adalora --seed 3") and command.endswith("signal=combo")
+
+
 def test_callback_schedule_uses_the_real_step_count(runs):
     end = [r for r in read_jsonl(runs("combo") / "rank_pattern.jsonl") if r["kind"] == "end"][0]
     assert end["schedule"] == {"total_step": 6, "tinit": 1, "tfinal": 2}

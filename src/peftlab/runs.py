@@ -159,6 +159,13 @@ class RunInfo:
         if self.low_rank:
             parts.append(f"--rank {cfg.get('rank')} --alpha {cfg.get('alpha')}")
         parts.append(f"--out {cfg['out']}")
+        from peftlab.methods import get_method
+
+        try:  # run-dir levels of the method (AdaLoRA: signal=...) as trailing key=value overrides
+            keys = get_method(str(cfg.get("method"))).dir_keys
+        except PeftlabError:
+            keys = ()
+        parts.extend(f"{key}={cfg.get(key)}" for key in keys if cfg.get(key) is not None)
         return " ".join(parts)
 
 
