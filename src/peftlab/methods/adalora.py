@@ -34,7 +34,6 @@ from peftlab.errors import PeftlabError
 from peftlab.methods.base import base_fingerprint, register_method, stash_fingerprint
 from peftlab.methods.peft_lora import ADAPTER, PeftLoraMethod
 
-DEFAULT_TARGETS = ("q", "k", "v", "o", "ffn_in", "ffn_out")
 _PLACEHOLDER_STEPS = 10**9  # PEFT requires total_step > tinit + tfinal at build time; the real one is set later
 
 
@@ -186,10 +185,4 @@ class AdaLoraMethod(PeftLoraMethod):
         write_final_summary(Path(run_dir), final_metrics)
 
 
-def budget_of(cfg, n_matrices: int) -> tuple[int, int]:
-    """(initial, target) total rank: init_r · n, target_r · n (PEFT's init_bgt / target_bgt)."""
-    return cfg.init_r * n_matrices, cfg.target_r * n_matrices
-
-
-__all__ = ["AdaLoraMethod", "resolve_schedule", "adalora_config", "rank_per_module", "DEFAULT_TARGETS",
-           "install_task_loss_in_eval", "budget_of"]
+__all__ = ["AdaLoraMethod", "resolve_schedule", "adalora_config", "rank_per_module", "install_task_loss_in_eval"]
