@@ -70,6 +70,22 @@ class TrainConfig:
     eval_each_epoch: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     group_by_length: bool = True
+    # ---- AdaLoRA (method `adalora`; read only by peftlab.methods.adalora) -----------------------------
+    # PEFT AdaLoRA: every adapted matrix starts at rank `init_r`; the total rank budget falls (cubic)
+    # to `target_r` × n_matrices between step tinit and total − tfinal, reallocated every `deltaT`
+    # steps. tinit/tfinal: optimizer steps (>= 1, whole numbers) or a fraction of all steps (0 < x < 1).
+    # `alpha`/`dropout`/`targets` above are shared with the other low-rank methods.
+    init_r: int = 12
+    target_r: int = 4
+    tinit: float = 200
+    tfinal: float = 200
+    deltaT: int = 10
+    beta1: float = 0.85  # PEFT's EMA of sensitivity |w·∂L/∂w| (baseline_adalora)
+    beta2: float = 0.85  # PEFT's EMA of its uncertainty (baseline_adalora)
+    orth_reg_weight: float = 0.5  # weight of PEFT's orthogonality regulariser on A and B (training loss only)
+    signal: str = "baseline_adalora"  # rank-allocation score: baseline_adalora | importance_only | plasticity_only | combo
+    ema_decay: float = 0.9  # EMA decay of the importance / plasticity signals (not baseline_adalora)
+    combo_lambda: float = 1.0  # combo = zscore(importance) + combo_lambda · zscore(plasticity)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict (tuples become lists)."""
@@ -267,11 +283,39 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not str(cfg.out).strip():
         raise bad("out must be a directory path; pass e.g. --out outputs")
 
+    _validate_adalora(cfg)
+
     method = get_method(cfg.method)  # unknown method -> PeftlabError listing the registry
     task = get_task(cfg.task)  # unknown task -> PeftlabError listing the task names
     targets = parse_targets(cfg.targets)  # unknown target -> PeftlabError listing q,k,v,o,...
     cfg = dataclasses.replace(cfg, task=task.name, method=method.name, targets=targets)
     return dataclasses.replace(cfg, lr=cfg.resolved_lr)
+
+
+ADALORA_SIGNALS = ("baseline_adalora", "importance_only", "plasticity_only", "combo")
+
+
+def _validate_adalora(cfg: TrainConfig) -> None:
+    """The AdaLoRA block (finiteness is checked for every field before this)."""
+    if cfg.init_r < 1:
+        raise PeftlabError(f"init_r must be >= 1, got {cfg.init_r}; pass e.g. init_r=12")
+    if not 1 <= cfg.target_r <= cfg.init_r:
+        raise PeftlabError(f"target_r must be in [1, init_r={cfg.init_r}], got {cfg.target_r}; AdaLoRA only "
+                           f"removes rank, so pass e.g. target_r=4 init_r=12")
+    for key in ("tinit", "tfinal"):
+        value = getattr(cfg, key)
+        if value < 0 or (value >= 1 and not float(value).is_integer()):
+            raise PeftlabError(f"{key} must be a whole number of steps (>= 0) or a fraction in (0, 1), got {value}; "
+                               f"pass e.g. {key}=200 or {key}=0.1")
+    if cfg.deltaT < 1:
+        raise PeftlabError(f"deltaT must be >= 1 step, got {cfg.deltaT}; pass e.g. deltaT=10")
+    for key in ("beta1", "beta2", "ema_decay"):
+        if not 0.0 < getattr(cfg, key) < 1.0:
+            raise PeftlabError(f"{key} must be in (0, 1), got {getattr(cfg, key)}; pass e.g. {key}=0.85")
+    if cfg.orth_reg_weight < 0:
+        raise PeftlabError(f"orth_reg_weight must be >= 0, got {cfg.orth_reg_weight}; pass e.g. orth_reg_weight=0.5")
+    if cfg.signal not in ADALORA_SIGNALS:
+        raise PeftlabError(f"unknown signal '{cfg.signal}'; choose one of: {', '.join(ADALORA_SIGNALS)}")
 
 
 def load_config(
@@ -314,4 +358,5 @@ __all__ = [
     "FIELD_NAMES",
     "FFT_LR",
     "PEFT_LR",
+    "ADALORA_SIGNALS",
 ]

@@ -1,6 +1,7 @@
 """Run-directory layout and reading a finished run back.
 
-    <out>/<method.dir_name>/<TASK>/seed<S>[_r<R>]/      (`_r<R>` for low-rank methods)
+    <out>/<method.dir_name>/<TASK>/[<dir_keys values>/]seed<S>[_r<R>]/   (`_r<R>` for low-rank methods;
+                                                                          AdaLoRA: ADALORA/<TASK>/<signal>/seed<S>)
         run_config.json      resolved config, versions, git commit, data sources
         ckpt_init/           θ0: the model before `method.apply` (+ tokenizer)
         ckpt_final/          θ1 as the method saves it (`method.save_final`)
@@ -44,6 +45,7 @@ PEFTLAB_RUN_FILES = (
     "importance_*.partial.jsonl", "importance_*_per_example.npy", "importance_taylor_vs_exact.json",
     "gradfisher_pre.jsonl", "gradfisher_pre.partial.jsonl", "update.jsonl", "update_meta.json",
     "probe.json", "probe_*.safetensors", "*.partial.jsonl", "*.tmp-*", ".write-probe-*",
+    "rank_pattern.jsonl", "signal_scores.jsonl", "final_summary.json",  # AdaLoRA
 )
 
 
@@ -59,7 +61,9 @@ def run_dir_for(cfg: "TrainConfig") -> Path:
 
     method = get_method(cfg.method)
     task = get_task(cfg.task).name
-    return Path(cfg.out) / method.dir_name / task / run_name(cfg.seed, cfg.rank, bool(getattr(method, "low_rank", False)))
+    levels = [str(getattr(cfg, key)) for key in getattr(method, "dir_keys", ())]  # e.g. AdaLoRA's signal
+    return Path(cfg.out, method.dir_name, task, *levels,
+                run_name(cfg.seed, cfg.rank, bool(getattr(method, "low_rank", False))))
 
 
 def read_final_metrics(run_dir: str | Path) -> dict[str, Any] | None:
@@ -155,6 +159,13 @@ class RunInfo:
         if self.low_rank:
             parts.append(f"--rank {cfg.get('rank')} --alpha {cfg.get('alpha')}")
         parts.append(f"--out {cfg['out']}")
+        from peftlab.methods import get_method
+
+        try:  # run-dir levels of the method (AdaLoRA: signal=...) as trailing key=value overrides
+            keys = get_method(str(cfg.get("method"))).dir_keys
+        except PeftlabError:
+            keys = ()
+        parts.extend(f"{key}={cfg.get(key)}" for key in keys if cfg.get(key) is not None)
         return " ".join(parts)
 
 

@@ -3,6 +3,6 @@
 Command bodies import heavy libraries lazily so `peftlab --help` stays instant.
 """
 
-from peftlab.commands import analysis, data, measure, study, sweep, train
+from peftlab.commands import adalora, analysis, data, measure, study, sweep, train
 
-COMMAND_MODULES = [data, train, measure, analysis, study, sweep]
+COMMAND_MODULES = [data, train, measure, analysis, study, sweep, adalora]

@@ -39,6 +39,8 @@ class Method:
     name: str = ""  # registry key, e.g. "lora"
     dir_name: str = ""  # run-dir component, e.g. "LoRA"
     low_rank: bool = False  # run dir gets `_r<R>`
+    dir_keys: tuple[str, ...] = ()  # config keys whose values become run-dir levels after <TASK> (AdaLoRA: signal)
+    resumable: bool = True  # False: a killed run refuses to resume from a Trainer checkpoint (state not saved)
 
     def apply(self, model: "nn.Module", cfg) -> "nn.Module":
         """Change `model` for training (freeze / wrap) and return the model to train."""
@@ -63,6 +65,12 @@ class Method:
     def callbacks(self, cfg, total_steps: int) -> list:
         """TrainerCallbacks this method needs (none by default)."""
         return []
+
+    def preflight(self, cfg, total_steps: int) -> None:
+        """Reject settings that cannot work for `total_steps` optimizer steps, before anything is written."""
+
+    def finish(self, run_dir: Path, final_metrics: dict[str, Any]) -> None:
+        """Write method-specific result files, after the final eval and before `final_metrics.json`."""
 
     def __repr__(self) -> str:
         return f"<Method {self.name!r} ({type(self).__name__})>"

@@ -183,6 +183,7 @@ def preflight(run: Run) -> None:
         run.train_data = run.train_data.subset(range(min(cfg.max_train_samples, len(run.train_data))))
     if cfg.max_eval_samples:
         run.dev_data = run.dev_data.subset(range(min(cfg.max_eval_samples, len(run.dev_data))))
+    run.method.preflight(cfg, optimizer_steps(cfg, len(run.train_data)))  # e.g. AdaLoRA's schedule fits
     run.tokenizer = load_tokenizer(cfg.model)
     path = resolve_model(cfg.model)
     try:
@@ -229,6 +230,12 @@ def resume(run: Run, writes: bool = True) -> None:
         for name in (METRICS_LOG, FINAL_METRICS, CKPT_FINAL, CHECKPOINTS) if writes else ():
             path = run_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if checkpoint is not None and not getattr(run.method, "resumable", True):
+        raise PeftlabError(
+            f"'{run_dir}' holds an unfinished {run.cfg.method} run ({checkpoint.name}), but {run.cfg.method} cannot "
+            f"resume exactly (its state outside the weights is not in Trainer checkpoints); re-run with --force to "
+            f"start over"
+        )
     run.checkpoint = checkpoint
     run.resumed_step = _step_of(checkpoint) if checkpoint else 0
     run.before = read_checkpoint_timing(checkpoint)
@@ -318,10 +325,7 @@ def train(run: Run) -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     cfg, spec, run_dir, device = run.cfg, run.spec, run.run_dir, run.device
     dtype = pick_dtype(device)
-    # each of the world_size processes takes its own batch_size rows per micro-step (DDP)
-    batches_per_epoch = math.ceil(len(run.train_set) / (cfg.batch_size * distributed.world_size()))
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
+    total_steps = optimizer_steps(cfg, len(run.train_set))
 
     args = TrainingArguments(
         output_dir=str(run_dir / CHECKPOINTS),
@@ -432,7 +436,7 @@ def finalize(run: Run) -> Path:
     memory_mb, memory_kind = peak_memory(ran_on)
     dtype = pick_dtype(ran_on)
     score = dev.get(spec.main_metric)
-    atomic_write_json(run_dir / FINAL_METRICS, {
+    final_metrics = {
         "task": spec.name,
         "method": cfg.method,
         "seed": cfg.seed,
@@ -456,12 +460,24 @@ def finalize(run: Run) -> Path:
         "autocast_dtype": str(dtype).replace("torch.", "") if ran_on.type == "cuda" else None,
         "resumed_from_step": run.resumed_step or None,
         "finished": True,
-    })
+    }
+    run.method.finish(run_dir, final_metrics)  # method result files, complete before the completion marker
+    atomic_write_json(run_dir / FINAL_METRICS, final_metrics)
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     return run_dir
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def optimizer_steps(cfg: TrainConfig, n_train: int) -> int:
+    """Optimizer steps of a run: `max_steps`, else ceil(ceil(n_train / (batch_size · world_size)) / grad_accum · epochs).
+
+    Each of the world_size processes takes its own batch_size rows per micro-step (DDP).
+    """
+    batches_per_epoch = math.ceil(n_train / (cfg.batch_size * distributed.world_size()))
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    return cfg.max_steps or math.ceil(steps_per_epoch * cfg.epochs)
 
 
 def _step_of(checkpoint: Path) -> int:

@@ -1,0 +1,68 @@
+"""`peftlab adalora run | compare | plot`: AdaLoRA runs per rank-allocation signal, their comparison, figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+SIGNAL_HELP = "Rank-allocation signal: baseline_adalora | importance_only | plasticity_only | combo."
+# AdaLoRA's default targets: every attention and FFN matrix (TrainConfig's shared default is q,k,v,o)
+ADALORA_DEFAULTS = ["method=adalora", "targets=q,k,v,o,ffn_in,ffn_out"]
+
+
+def register(app: typer.Typer) -> None:
+    adalora = typer.Typer(help="AdaLoRA (PEFT) with a choice of rank-allocation signal.", no_args_is_help=True)
+    app.add_typer(adalora, name="adalora")
+
+    @adalora.command("run", context_settings={"allow_extra_args": True})
+    def run_command(
+        overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...",
+                                              help="Config overrides, e.g. init_r=12 target_r=4 tinit=0.1."),
+        task: str = typer.Option("RTE", "--task"),
+        signal: str = typer.Option("baseline_adalora", "--signal", help=SIGNAL_HELP),
+        seed: int = typer.Option(1, "--seed"),
+        config: str = typer.Option(None, "--config", help="Preset name(s) from configs/ (e.g. rte,quick)."),
+        out: str = typer.Option(None, "--out", help="Output root (default: outputs)."),
+        force: bool = typer.Option(False, "--force", help="Re-run a finished run."),
+    ) -> None:
+        """Train one AdaLoRA run into <out>/ADALORA/<TASK>/<signal>/seed<S>/ (targets default to all six matrices)."""
+        from peftlab.config import load_config
+        from peftlab.train import summary_line, train_run
+
+        given = [f"task={task}", f"signal={signal}", f"seed={seed}"] + ([f"out={out}"] if out else [])
+        cfg = load_config(config, ADALORA_DEFAULTS + given + list(overrides or []))
+        run_dir = train_run(cfg, force=force)
+        typer.echo(str(run_dir))
+        typer.echo(summary_line(run_dir))
+
+    @adalora.command("compare")
+    def compare_command(
+        task: str = typer.Option("RTE", "--task"),
+        signals: list[str] = typer.Option(None, "--signals", help="Signals to compare (default: all four)."),
+        seeds: list[int] = typer.Option(None, "--seeds", help="Seeds (default: 1 2 3)."),
+        out: str = typer.Option("outputs", "--out"),
+    ) -> None:
+        """Dev metric per signal (mean, SE and 95 % t-CI over seeds) and the paired difference vs baseline_adalora."""
+        from peftlab.analysis.adalora import compare_signals
+        from peftlab.config import ADALORA_SIGNALS
+        from peftlab.io import read_json
+
+        out_dir = compare_signals(task, list(signals or ADALORA_SIGNALS), list(seeds or [1, 2, 3]), out)
+        data = read_json(out_dir / "compare.json")
+        for signal, row in data["signals"].items():
+            ci = (f" [{row['ci_low']:.4f}, {row['ci_high']:.4f}]" if row["ci_low"] is not None else " (CI needs ≥ 2 seeds)")
+            typer.echo(f"{signal:18s} n={row['n']} mean={row['mean']:.4f}{ci}")
+        for signal, row in data["vs_baseline"].items():
+            typer.echo(f"{signal} − baseline_adalora: {row['verdict']}")
+        for command in data["missing_runs"]:
+            typer.echo(f"missing: {command}")
+        typer.echo(str(out_dir))
+
+    @adalora.command("plot")
+    def plot_command(run_dir: Path = typer.Argument(..., help="An AdaLoRA run directory.")) -> None:
+        """rank_evolution.png and signal_heatmap.png into RUN_DIR/analysis/ (from the saved allocation logs)."""
+        from peftlab.analysis.adalora import plot_run
+
+        for path in plot_run(run_dir):
+            typer.echo(str(path))
