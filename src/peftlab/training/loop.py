@@ -337,7 +337,9 @@ def train(run: Run) -> None:
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps in transformers 5.x
         weight_decay=cfg.weight_decay,  # AdamW; biases and LayerNorm weights are excluded by the Trainer
-        optim="adamw_torch",
+        # Fused AdamW, the HF Trainer's own default: one kernel over all parameters instead of a Python loop
+        # per tensor (benchmarks/adamw_step.py: 0.14 s vs 0.79 s per FFT step of MiniLM-L6 on 2 CPU threads).
+        optim="adamw_torch_fused",
         gradient_accumulation_steps=cfg.grad_accum,
         max_grad_norm=cfg.max_grad_norm,
         bf16=device.type == "cuda" and dtype == torch.bfloat16,  # autocast on CUDA only; fp32 master weights
