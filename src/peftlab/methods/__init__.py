@@ -1,4 +1,6 @@
-"""Fine-tuning methods, registered by name: `fft`, `lora` (peftlab's own), `peft-lora`.
+"""Fine-tuning methods, registered by name: `fft`, `lora` (peftlab's own), `peft-lora`; issue 10 adds `adapter`
+(own Houlsby), `bitfit` (own), and through PEFT `dora`, `rslora`, `pissa`, `vera`, `ia3`, `prompt-tuning`,
+`ln-tuning` (`prefix-tuning` is refused: see `base.REFUSED_METHODS`).
 
     from peftlab.methods import get_method
     method = get_method("lora")
@@ -10,5 +12,6 @@ A new method is one file with a `@register_method` class (see `base.Method`), im
 
 from peftlab.methods.base import METHODS, Method, get_method, register_method
 from peftlab.methods import fft, lora, peft_lora  # noqa: E402,F401  (registers the built-in methods)
+from peftlab.methods import adapter, bitfit, dora, ia3, ln_tuning, pissa, prompt_tuning, rslora, vera  # noqa: E402,F401  (issue 10)
 
 __all__ = ["METHODS", "Method", "get_method", "register_method"]
