@@ -96,6 +96,7 @@ class Run:
     save_s: float = 0.0
     n_trainable: int = 0
     n_total: int = 0
+    n_classifier: int = 0  # trainable classifier parameters (part of n_trainable)
     # trainer
     trainer: Any = None
     timing: dict = dataclasses.field(default_factory=dict)
@@ -260,6 +261,9 @@ def theta0(run: Run) -> None:
         param.requires_grad_(id(param) in trainable_ids)
     run.n_trainable = sum(p.numel() for _, p in trainable)
     run.n_total = sum(p.numel() for p in model.parameters())
+    from peftlab.methods.base import trainable_counts
+
+    run.n_classifier = trainable_counts(run.method, model)["classifier"]
     run.model = model
 
 
@@ -416,6 +420,7 @@ def finalize(run: Run) -> Path:
         "peak_memory_mb": round(memory_mb, 1),
         "peak_memory_kind": memory_kind,
         "trainable_params": run.n_trainable,
+        "trainable_params_without_classifier": run.n_trainable - run.n_classifier,
         "total_params": run.n_total,
         "train_samples": len(run.train_set),
         "eval_samples": len(run.dev_set),
