@@ -3,6 +3,6 @@
 Command bodies import heavy libraries lazily so `peftlab --help` stays instant.
 """
 
-from peftlab.commands import analysis, data, measure, study, train
+from peftlab.commands import analysis, bench, data, measure, study, train
 
-COMMAND_MODULES = [data, train, measure, analysis, study]
+COMMAND_MODULES = [data, train, measure, analysis, study, bench]
