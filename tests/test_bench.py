@@ -33,6 +33,7 @@ def bench_inputs(tmp_path_factory):
 def bench_args(root, model_dir, data_dir, *extra):
     return ["bench", "--task", "rte", "--methods", "lora,adapter", "--ranks", "2", "4", "--targets", "q,v",
             "--seeds", "1", "--out", root / "out", "--name", "t", "--latency-iters", "2", "--latency-warmup", "1",
+            "--no-isolate",
             *extra, f"model={model_dir}", f"data_dir={data_dir}", *FAST]
 
 
@@ -79,6 +80,7 @@ def test_bench_writes_one_row_per_cell_with_real_numbers(bench_dir):
         assert float(best["score_mean"]) == max(float(r["score_mean"]) for r in group)
     md = (bench_dir / "bench.md").read_text()
     assert "## Best rank per targets set" in md and "one seed: no spread" in md and "not mergeable" in md
+    assert "running maximum" in md and meta["isolated_runs"] is False
     from peftlab.testing import tiny_model
 
     assert meta["fft_params"] == sum(p.numel() for p in tiny_model("bert").parameters())  # θ0 = all FFT trains
@@ -107,6 +109,22 @@ def test_measure_update_says_not_applicable_for_adapters(bench_dir):
                 progress=False)
     assert not (run_dir / "update.jsonl").exists()
     assert any("not applicable for adapter" in line for line in lines)
+
+
+def test_isolated_run_trains_in_a_child_process(bench_inputs, capsys):
+    from peftlab.io import read_json
+
+    root, model_dir, data_dir = bench_inputs
+    args = ["bench", "--task", "rte", "--methods", "bitfit", "--out", root / "iso", "--latency-iters", "1",
+            f"model={model_dir}", f"data_dir={data_dir}", *FAST]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    bench_dir = root / "iso" / "BENCH" / "RTE" / "quick"
+    meta = read_json(bench_dir / "bench.json")
+    assert meta["isolated_runs"] is True and "per run" in (bench_dir / "bench.md").read_text()
+    (row,) = read_rows(bench_dir / "bench.csv")
+    assert row["method"] == "bitfit" and row["rank"] == "" and float(row["peak_memory_mb"]) > 0
+    assert row["merge_note"] == "nothing to merge: no modules added"
 
 
 @pytest.mark.parametrize("extra, message", [

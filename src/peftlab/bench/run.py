@@ -42,12 +42,18 @@ def plan(task: str, methods: list[str], ranks: list[int], target_sets: list[str]
 def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list[str], seeds: list[int],
               profile: str = "quick", out: str = "outputs", overrides: list[str] | None = None,
               name: str | None = None, latency_iters: int = 20, latency_warmup: int = 3,
-              latency_batches: tuple[int, ...] = (1, 8), figures: bool = True, console=None) -> Path:
-    """Run the benchmark grid and write its tables and figures; returns the bench directory."""
+              latency_batches: tuple[int, ...] = (1, 8), figures: bool = True, isolate: bool = True,
+              console=None) -> Path:
+    """Run the benchmark grid and write its tables and figures; returns the bench directory.
+
+    `isolate`: train each run in a fresh process, so its peak memory (CPU peak RSS / CUDA max allocated,
+    both counted since process start) belongs to that run alone; without it, later runs report the
+    running maximum of the whole bench (bench.md then says so).
+    """
     from peftlab.bench.table import RUN_COLUMNS, CELL_COLUMNS, cell_rows, latency_columns, to_csv, to_markdown
     from peftlab.io import atomic_write_json, atomic_write_text
     from peftlab.runs import read_final_metrics
-    from peftlab.train import summary_line, train_run
+    from peftlab.train import summary_line
 
     if latency_iters < 1 or latency_warmup < 0:
         raise PeftlabError(f"--latency-iters must be >= 1 and --latency-warmup >= 0, got {latency_iters} and "
@@ -57,7 +63,7 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
     runs, first_run = [], {}
     for i, (cell, cfg) in enumerate(configs, 1):
         say(f"[{i}/{len(configs)}] {cell.label} seed {cfg.seed}")
-        run_dir = train_run(cfg)
+        run_dir = _train(cfg, isolate)
         say(f"  {summary_line(run_dir)}")
         final = read_final_metrics(run_dir) or {}
         runs.append({"cell": cell.label, "method": cell.method, "rank": cell.rank, "targets": cell.targets_label,
@@ -77,6 +83,10 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
         "seeds": list(dict.fromkeys(seeds)), "methods": list(dict.fromkeys(c.method for c, _ in configs)),
         "ranks": list(ranks), "target_sets": sorted({c.targets_label for c, _ in configs if c.targets}),
         "overrides": list(overrides or []), "fft_params": fft_params, **meta_latency,
+        "isolated_runs": isolate,
+        "peak_memory_note": ("each run trained in its own process: peak memory is per run" if isolate else
+                             "runs shared one process: peak memory is the running maximum since the bench "
+                             "started, not a per-method figure"),
         "score_uncertainty": "score_std = sample std over seeds (ddof 1); empty with one seed",
         "best_rank_rule": "highest score_mean per (method, targets); ties -> fewer trainable params",
     }
@@ -91,6 +101,27 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
     atomic_write_text(bench_dir / "bench.md", to_markdown(rows, meta, list(latency_batches)))
     atomic_write_json(bench_dir / "bench.json", meta)  # last: its presence means the tables beside it are complete
     return bench_dir
+
+
+def _train_in_child(cfg) -> str:
+    """Module-level (picklable) body of an isolated training process."""
+    from peftlab.train import train_run
+
+    return str(train_run(cfg))
+
+
+def _train(cfg, isolate: bool) -> Path:
+    """`train_run(cfg)`, in a fresh spawned process when `isolate` (finished runs are skipped without one)."""
+    from peftlab.runs import is_finished, run_dir_for
+    from peftlab.train import train_run
+
+    if not isolate or is_finished(run_dir_for(cfg)):
+        return train_run(cfg)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return Path(pool.submit(_train_in_child, cfg).result())  # a PeftlabError in the child is re-raised here
 
 
 def _latency(first_run: dict, iters: int, warmup: int, batches: list[int], say) -> tuple[dict, int, dict]:

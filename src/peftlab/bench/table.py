@@ -112,7 +112,8 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], batches: list[
              f"batch × {meta['seq_len']} tokens, {meta['latency_device']}, {meta['torch_threads']} torch threads. "
              "Merged = update folded into the base weights; adapters and prompt tuning cannot be merged.", "",
              "Train time = `timing.train_s` of final_metrics.json (optimizer steps only: no eval, no saving). "
-             f"Peak memory kind: {', '.join(sorted({str(r['peak_memory_kind']) for r in rows}))}.", ""]
+             f"Peak memory: {', '.join(sorted({str(r['peak_memory_kind']) for r in rows}))}; "
+             f"{meta.get('peak_memory_note', '')}.", ""]
     header = ["method", "rank", "targets", metric, "params (with clf)", "params (no clf)", "% FFT", "train s",
               "peak MB"] + [f"b{b} ms" for b in batches] + [f"b{b} merged ms" for b in batches] + ["best rank"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -136,7 +137,7 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], batches: list[
             note = ("one seed: no spread, the ordering may be noise" if r["score_std"] is None else
                     f"within one std of rank(s) {', '.join(str(o['rank']) for o in tied)}: not clearly better"
                     if tied else "more than one std above the other ranks")
-            lines.append(f"- {r['method']} on {r['targets'] or '—'}: rank {r['rank']} "
+            lines.append(f"- {r['method']} on {r['targets'] or 'its fixed sites'}: rank {r['rank']} "
                          f"({metric} {_fmt(r['score_mean'])}; {note})")
     lines += ["", "Figures (drawn from bench.csv only): " + ", ".join(meta.get("figures", [])) or "none", ""]
     return "\n".join(lines)

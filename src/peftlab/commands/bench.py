@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, help="Bench folder name (default: the profile)."),
         latency_iters: int = typer.Option(20, "--latency-iters", help="Timed forward passes per latency (median)."),
         latency_warmup: int = typer.Option(3, "--latency-warmup", help="Untimed forward passes first."),
+        isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Train each run in its own process "
+                                     "(per-run peak memory); --no-isolate is faster but reports a running maximum."),
         overrides: Optional[List[str]] = typer.Argument(None, help="Training config overrides key=value "
                                                         "(e.g. model=DIR data_dir=DIR max_steps=50)."),
     ) -> None:
@@ -37,5 +39,5 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True, soft_wrap=True)
         bench_dir = run_bench(task, split_values(methods), int_values(ranks, "--ranks"), list(targets or []),
                               int_values(seeds, "--seeds"), profile, out, list(overrides or []), name,
-                              latency_iters, latency_warmup, console=console)
+                              latency_iters, latency_warmup, isolate=isolate, console=console)
         typer.echo(str(bench_dir / "bench.md"))
