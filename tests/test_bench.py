@@ -33,7 +33,7 @@ def bench_inputs(tmp_path_factory):
 def bench_args(root, model_dir, data_dir, *extra):
     return ["bench", "--task", "rte", "--methods", "lora,adapter", "--ranks", "2", "4", "--targets", "q,v",
             "--seeds", "1", "--out", root / "out", "--name", "t", "--latency-iters", "2", "--latency-warmup", "1",
-            "--no-isolate",
+            "--no-isolate", "--save-matrices",
             *extra, f"model={model_dir}", f"data_dir={data_dir}", *FAST]
 
 
@@ -88,6 +88,35 @@ def test_bench_writes_one_row_per_cell_with_real_numbers(bench_dir):
     for name in ("score_vs_params.png", "score_vs_train_time.png", "latency.png", "rank_sweep.png",
                  "heatmap_lora.png"):
         assert (bench_dir / "figures" / name).stat().st_size > 1000, name
+
+
+def test_save_matrices_writes_delta_and_low_rank_statistics(bench_dir):
+    from safetensors.torch import load_file
+
+    lora = bench_dir / "matrices" / "lora_r2_q-v" / "seed1"
+    deltas = load_file(str(lora / "delta_weights.safetensors"))
+    stats = read_rows(lora / "delta_stats.csv")
+    assert sorted(deltas) == sorted(r["module"] for r in stats) and len(stats) == 4  # 2 layers × q, v
+    for row in stats:
+        assert 1.0 <= float(row["effective_rank"]) <= 2.0 + 1e-9  # a rank-2 update
+        assert float(row["spectral"]) <= float(row["frobenius"]) and float(row["frobenius"]) > 0
+        assert float(row["frobenius"]) == pytest.approx(float(deltas[row["module"]].double().norm()), rel=1e-6)
+    note = (bench_dir / "matrices" / "adapter_b2" / "seed1" / "note.txt").read_text()
+    assert "no ΔW matrices for adapter" in note
+
+
+def test_delta_stats_on_known_matrices():
+    import math
+
+    import torch
+
+    from peftlab.bench.matrices import delta_stats
+
+    stats = delta_stats(torch.diag(torch.tensor([3.0, 4.0])))
+    assert stats["frobenius"] == pytest.approx(5.0) and stats["spectral"] == pytest.approx(4.0)
+    assert stats["effective_rank"] == pytest.approx(math.exp(-(3 / 7) * math.log(3 / 7) - (4 / 7) * math.log(4 / 7)))
+    assert delta_stats(torch.outer(torch.ones(3), torch.arange(1.0, 5.0)))["effective_rank"] == pytest.approx(1.0)
+    assert delta_stats(torch.zeros(3, 2))["effective_rank"] == 0.0
 
 
 def test_rerun_skips_finished_runs(bench_dir, bench_inputs, capsys):

@@ -5,5 +5,6 @@ score per trainable parameter, per second of training and per millisecond of inf
     latency.py  inference latency of a trained model, unmerged and merged
     table.py    per-run rows → per-cell mean ± std → bench.csv / bench.md (best rank per targets set)
     figures.py  plots drawn from bench.csv only
+    matrices.py `--save-matrices`: ΔW per adapted module + Frobenius / spectral norm / effective rank
     run.py      `run_bench`: train (finished runs skipped) → latency → tables → figures
 """

@@ -43,7 +43,7 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
               profile: str = "quick", out: str = "outputs", overrides: list[str] | None = None,
               name: str | None = None, latency_iters: int = 20, latency_warmup: int = 3,
               latency_batches: tuple[int, ...] = (1, 8), figures: bool = True, isolate: bool = True,
-              console=None) -> Path:
+              save_matrices: bool = False, console=None) -> Path:
     """Run the benchmark grid and write its tables and figures; returns the bench directory.
 
     `isolate`: train each run in a fresh process, so its peak memory (CPU peak RSS / CUDA max allocated,
@@ -74,6 +74,10 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
                      "peak_memory_mb": final.get("peak_memory_mb"), "peak_memory_kind": final.get("peak_memory_kind"),
                      "run_dir": str(run_dir)})
         first_run.setdefault(cell.label, (cell, cfg, run_dir))
+        if save_matrices:
+            from peftlab.bench.matrices import save_run_matrices
+
+            save_run_matrices(run_dir, bench_dir / "matrices" / cell.label / f"seed{cfg.seed}")
 
     latency, fft_params, meta_latency = _latency(first_run, latency_iters, latency_warmup, list(latency_batches), say)
     rows = cell_rows(runs, fft_params, latency)
@@ -83,7 +87,7 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
         "seeds": list(dict.fromkeys(seeds)), "methods": list(dict.fromkeys(c.method for c, _ in configs)),
         "ranks": list(ranks), "target_sets": sorted({c.targets_label for c, _ in configs if c.targets}),
         "overrides": list(overrides or []), "fft_params": fft_params, **meta_latency,
-        "isolated_runs": isolate,
+        "isolated_runs": isolate, "save_matrices": save_matrices,
         "peak_memory_note": ("each run trained in its own process: peak memory is per run" if isolate else
                              "runs shared one process: peak memory is the running maximum since the bench "
                              "started, not a per-method figure"),

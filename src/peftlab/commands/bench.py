@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         latency_warmup: int = typer.Option(3, "--latency-warmup", help="Untimed forward passes first."),
         isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Train each run in its own process "
                                      "(per-run peak memory); --no-isolate is faster but reports a running maximum."),
+        save_matrices: bool = typer.Option(False, "--save-matrices", help="Also write each run's ΔW per adapted "
+                                           "module (fp32 safetensors) and a CSV of Frobenius norm, spectral norm and "
+                                           "effective rank under <bench>/matrices/."),
         overrides: Optional[List[str]] = typer.Argument(None, help="Training config overrides key=value "
                                                         "(e.g. model=DIR data_dir=DIR max_steps=50)."),
     ) -> None:
@@ -39,5 +42,6 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True, soft_wrap=True)
         bench_dir = run_bench(task, split_values(methods), int_values(ranks, "--ranks"), list(targets or []),
                               int_values(seeds, "--seeds"), profile, out, list(overrides or []), name,
-                              latency_iters, latency_warmup, isolate=isolate, console=console)
+                              latency_iters, latency_warmup, isolate=isolate,
+                              save_matrices=save_matrices, console=console)
         typer.echo(str(bench_dir / "bench.md"))
