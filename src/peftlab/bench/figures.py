@@ -56,7 +56,7 @@ def draw_figures(csv_path: Path, fig_dir: Path, batches: list[int]) -> list[Path
     for x, y, text in zip(df["trainable_params"], df["score_mean"], labels):
         ax.annotate(text, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     front = pareto_front(list(zip(df["trainable_params"], df["score_mean"])))
-    ax.plot(df["trainable_params"].iloc[front], df["score_mean"].iloc[front], "r--", label="Pareto front")
+    ax.step(df["trainable_params"].iloc[front], df["score_mean"].iloc[front], "r--", where="post", label="Pareto front")
     ax.set_xscale("log")
     ax.set(xlabel="trainable parameters (with classifier, log)", ylabel=f"dev {metric} (mean ± std over seeds)")
     ax.legend()
@@ -77,7 +77,7 @@ def draw_figures(csv_path: Path, fig_dir: Path, batches: list[int]) -> list[Path
         for k, col in enumerate(cols):
             ax.bar([i + k * width for i in range(len(df))], df[col].fillna(0.0), width, label=col.replace("_ms", ""))
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(df))], labels, rotation=45, ha="right", fontsize=7)
-        ax.set(ylabel="median latency (ms); 0 = not mergeable / nothing to merge")
+        ax.set(ylabel="median latency (ms)", title="no merged bar: not mergeable or nothing to merge")
         ax.legend(fontsize=7)
         save(fig, "latency.png")
 

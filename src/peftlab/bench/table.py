@@ -109,7 +109,7 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], batches: list[
              f"Model: `{meta['model']}`; profile `{meta['profile']}`; seeds {meta['seeds']}; "
              f"dev metric: **{metric}** (mean ± sample std over seeds, ddof 1; n/a with one seed).", "",
              f"Latency: median of {meta['latency_iters']} forward passes after {meta['latency_warmup']} warm-up, "
-             f"batch × {meta['seq_len']} tokens, {meta['latency_device']}, {meta['torch_threads']} torch threads. "
+             f"batch B × {meta['seq_len']} tokens, {meta['latency_device']}, {meta['torch_threads']} torch threads. "
              "Merged = update folded into the base weights; adapters and prompt tuning cannot be merged.", "",
              "Train time = `timing.train_s` of final_metrics.json (optimizer steps only: no eval, no saving). "
              f"Peak memory: {', '.join(sorted({str(r['peak_memory_kind']) for r in rows}))}; "
@@ -124,7 +124,8 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], batches: list[
                  _fmt(r["train_s_mean"], 3), _fmt(r["peak_memory_mb"], 4)]
         cells += [_fmt(r.get(f"latency_b{b}_ms"), 3) for b in batches]
         cells += [_fmt(r.get(f"latency_b{b}_merged_ms"), 3) if r.get(f"latency_b{b}_merged_ms") is not None
-                  else ("not mergeable" if str(r.get("merge_note", "")).startswith("not") else "—") for b in batches]
+                  else ("not mergeable" if str(r.get("merge_note", "")).startswith("not mergeable")
+                        else "nothing to merge") for b in batches]
         cells.append(_fmt(r["best_rank"]) if r["best_rank"] is not None else "")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     best = [r for r in rows if r["best_rank"]]
@@ -134,7 +135,9 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], batches: list[
             tied = [o for o in rows if o["method"] == r["method"] and o["targets"] == r["targets"] and o is not r
                     and r["score_std"] is not None and o["score_mean"] is not None
                     and abs(o["score_mean"] - r["score_mean"]) <= r["score_std"]]
-            note = ("one seed: no spread, the ordering may be noise" if r["score_std"] is None else
+            n_ranks = sum(1 for o in rows if o["method"] == r["method"] and o["targets"] == r["targets"])
+            note = ("only one rank was run" if n_ranks == 1 else
+                    "one seed: no spread, the ordering may be noise" if r["score_std"] is None else
                     f"within one std of rank(s) {', '.join(str(o['rank']) for o in tied)}: not clearly better"
                     if tied else "more than one std above the other ranks")
             lines.append(f"- {r['method']} on {r['targets'] or 'its fixed sites'}: rank {r['rank']} "
