@@ -67,6 +67,9 @@ def test_bench_writes_one_row_per_cell_with_real_numbers(bench_dir):
         assert int(row["trainable_params"]) - int(row["trainable_params_without_classifier"]) == n_classifier
         assert float(row["pct_of_fft_params"]) == pytest.approx(100 * final["trainable_params"] / meta["fft_params"])
         assert float(row["train_s_mean"]) == pytest.approx(final["timing"]["train_s"])
+        parts = final["timing_breakdown"]  # training/timing.py: every part measured, together within train_s
+        assert parts["steps"] == 2 and min(parts["forward_s"], parts["backward_s"], parts["optimizer_s"]) > 0
+        assert sum(parts[k] for k in ("forward_s", "backward_s", "optimizer_s", "other_s")) <= final["timing"]["train_s"]
         assert float(row["latency_b1_ms"]) > 0 and float(row["latency_b8_ms"]) > 0
     lora_r2, adapter_b4 = rows[0], rows[3]
     assert int(lora_r2["trainable_params_without_classifier"]) == 2 * 2 * 2 * (32 + 32)  # 2 layers × q,v × r(d+d)
@@ -80,6 +83,8 @@ def test_bench_writes_one_row_per_cell_with_real_numbers(bench_dir):
         assert float(best["score_mean"]) == max(float(r["score_mean"]) for r in group)
     md = (bench_dir / "bench.md").read_text()
     assert "## Best rank per targets set" in md and "one seed: no spread" in md and "not mergeable" in md
+    runs = read_rows(bench_dir / "runs.csv")
+    assert all(float(r["forward_s"]) > 0 and float(r["optimizer_s"]) > 0 for r in runs)
     assert "running maximum" in md and meta["isolated_runs"] is False
     from peftlab.testing import tiny_model
 

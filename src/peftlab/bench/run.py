@@ -71,6 +71,7 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
                      "trainable_params": final.get("trainable_params"),
                      "trainable_params_without_classifier": final.get("trainable_params_without_classifier"),
                      "train_s": (final.get("timing") or {}).get("train_s"),
+                     **{k: (final.get("timing_breakdown") or {}).get(k) for k in ("forward_s", "backward_s", "optimizer_s")},
                      "peak_memory_mb": final.get("peak_memory_mb"), "peak_memory_kind": final.get("peak_memory_kind"),
                      "run_dir": str(run_dir)})
         first_run.setdefault(cell.label, (cell, cfg, run_dir))

@@ -19,7 +19,8 @@ CELL_COLUMNS = ["method", "rank", "targets", "n_seeds", "seeds", "metric", "scor
                 "trainable_params", "trainable_params_without_classifier", "pct_of_fft_params",
                 "train_s_mean", "train_s_std", "peak_memory_mb", "peak_memory_kind"]
 RUN_COLUMNS = ["method", "rank", "targets", "seed", "metric", "score", "trainable_params",
-               "trainable_params_without_classifier", "train_s", "peak_memory_mb", "peak_memory_kind", "run_dir"]
+               "trainable_params_without_classifier", "train_s", "forward_s", "backward_s", "optimizer_s",
+               "peak_memory_mb", "peak_memory_kind", "run_dir"]
 
 
 def _mean(values: list[float]) -> float | None:

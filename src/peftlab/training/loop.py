@@ -100,6 +100,7 @@ class Run:
     # trainer
     trainer: Any = None
     timing: dict = dataclasses.field(default_factory=dict)
+    step_timing: Any = None  # training/timing.py StepTimingCallback
 
 
 # ---------------------------------------------------------------- entry point
@@ -374,11 +375,18 @@ def train(run: Run) -> None:
         trainer.add_callback(callback)
     for callback in run.callbacks:
         trainer.add_callback(callback)
+    from peftlab.training.timing import StepTimingCallback
+
+    run.step_timing = StepTimingCallback(run.model)  # forward / backward / optimizer split of train_s
+    trainer.add_callback(run.step_timing)
 
     if run.checkpoint is not None:
         _truncate_log(run_dir / METRICS_LOG, run.resumed_step)
         log.info("resuming %s from %s", run_dir, run.checkpoint.name)
-    trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+    finally:
+        run.step_timing.remove_hooks()
     run.trainer = trainer
     run.timing = elapsed()
 
@@ -417,6 +425,7 @@ def finalize(run: Run) -> Path:
         "score": score,
         "score_note": None if score is None or math.isfinite(score) else "the dev metric was not finite (written as null)",
         "timing": {k: round(timing[k], 3) for k in ("data_s", "train_s", "eval_s", "save_s", "total_s")},
+        "timing_breakdown": run.step_timing.summary() if run.step_timing else None,
         "peak_memory_mb": round(memory_mb, 1),
         "peak_memory_kind": memory_kind,
         "trainable_params": run.n_trainable,
