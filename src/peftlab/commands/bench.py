@@ -31,7 +31,9 @@ def register(app: typer.Typer) -> None:
                                            "module (fp32 safetensors) and a CSV of Frobenius norm, spectral norm and "
                                            "effective rank under <bench>/matrices/."),
         overrides: Optional[List[str]] = typer.Argument(None, help="Training config overrides key=value "
-                                                        "(e.g. model=DIR data_dir=DIR max_steps=50)."),
+                                                        "(e.g. model=DIR data_dir=DIR max_steps=50); the grid's own "
+                                                        "keys (method, seed, rank, adapter_bottleneck, targets, out) "
+                                                        "win."),
     ) -> None:
         """Train every method × rank × targets × seed (finished runs skipped), then write bench.csv, bench.md and
         figures: score ± std over seeds, trainable params, % of FFT, train time, peak memory, latency."""
