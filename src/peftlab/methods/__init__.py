@@ -12,6 +12,7 @@ A new method is one file with a `@register_method` class (see `base.Method`), im
 
 from peftlab.methods.base import METHODS, Method, get_method, register_method
 from peftlab.methods import fft, lora, peft_lora  # noqa: E402,F401  (registers the built-in methods)
-from peftlab.methods import adapter, bitfit, dora, ia3, ln_tuning, pissa, prompt_tuning, rslora, vera  # noqa: E402,F401  (issue 10)
+# issue 10 (method benchmark):
+from peftlab.methods import adapter, bitfit, dora, ia3, ln_tuning, pissa, prompt_tuning, rslora, vera  # noqa: F401
 
 __all__ = ["METHODS", "Method", "get_method", "register_method"]
