@@ -1,3 +1,4 @@
 from peftlab.cli import main
 
-main()
+if __name__ == "__main__":  # guarded: `peftlab bench` spawns training processes that re-import this module
+    main()

@@ -49,6 +49,11 @@ class ArchSpec:
     # None = unknown; fast exact importance then falls back to the naive path.
     tail_kind: str | None = None
     tail_paths: tuple[str, ...] = ()
+    # Houlsby adapters (methods/adapter.py): the dropout modules (relative to a layer) whose output gets
+    # `h + up(act(down(h)))` before the residual + LayerNorm, and those LayerNorms (`adapter_ln=true`).
+    # Empty = adapters are not supported for this family (the adapter method refuses it).
+    adapter_paths: tuple[str, ...] = ()
+    adapter_ln_paths: tuple[str, ...] = ()
 
     @property
     def o_path(self) -> str:
@@ -65,6 +70,9 @@ _BERT_PATHS = {
     "ffn_out": ("output.dense",),
 }
 _BERT_TAIL = dict(tail_kind="post_ln", tail_paths=("attention.output", "intermediate", "output"))
+# `*SelfOutput` / `*Output` compute LayerNorm(dropout(dense(h)) + input): the adapter follows the dropout.
+_BERT_ADAPTERS = dict(adapter_paths=("attention.output.dropout", "output.dropout"),
+                      adapter_ln_paths=("attention.output.LayerNorm", "output.LayerNorm"))
 _LLAMA_TAIL = dict(tail_kind="pre_ln", tail_paths=("self_attn.o_proj", "post_attention_layernorm", "mlp"))
 _LLAMA_PATHS = {
     "q": ("self_attn.q_proj",),
@@ -78,10 +86,12 @@ _LLAMA_PATHS = {
 ARCH_SPECS: dict[str, ArchSpec] = {
     spec.family: spec
     for spec in [
-        ArchSpec("bert", ("bert",), "encoder.layer", _BERT_PATHS, ("classifier",), "first", **_BERT_TAIL),
+        ArchSpec("bert", ("bert",), "encoder.layer", _BERT_PATHS, ("classifier",), "first", **_BERT_TAIL,
+                 **_BERT_ADAPTERS),
         ArchSpec("roberta", ("roberta", "xlm-roberta"), "encoder.layer", _BERT_PATHS, ("classifier",), "first",
-                 **_BERT_TAIL),
-        ArchSpec("electra", ("electra",), "encoder.layer", _BERT_PATHS, ("classifier",), "first", **_BERT_TAIL),
+                 **_BERT_TAIL, **_BERT_ADAPTERS),
+        ArchSpec("electra", ("electra",), "encoder.layer", _BERT_PATHS, ("classifier",), "first", **_BERT_TAIL,
+                 **_BERT_ADAPTERS),
         ArchSpec(
             "deberta-v2",
             ("deberta-v2",),  # not v1 "deberta": see REFUSED_MODEL_TYPES
@@ -97,6 +107,7 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             ("classifier", "pooler"),
             "first",
             **_BERT_TAIL,
+            **_BERT_ADAPTERS,
             notes=(
                 "DeBERTa with share_att_key=true: query_proj/key_proj also project relative "
                 "positions, so per-head updates of q and k mix content and position roles.",

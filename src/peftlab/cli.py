@@ -43,7 +43,7 @@ _register_commands()
 
 
 # Options that take several values, written the way the seed scripts did (`--seeds 1 2 3`).
-MULTI_VALUE_OPTIONS = ("--seeds", "--ranks", "--methods", "--tasks", "--signals")
+MULTI_VALUE_OPTIONS = ("--seeds", "--ranks", "--methods", "--tasks", "--signals", "--targets")  # --targets: bench sets
 
 
 def expand_multi_value(args: list[str]) -> list[str]:

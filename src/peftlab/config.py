@@ -30,6 +30,7 @@ MAX_SEED = 2**32 - 1  # numpy's seed range (transformers.set_seed seeds numpy, r
 # Example values used in "pass e.g. key=..." hints of the finiteness check.
 _EXAMPLES = {"lr": "5e-4", "alpha": "16", "dropout": "0.05", "epochs": "3", "weight_decay": "0.01",
              "warmup_ratio": "0.06", "max_grad_norm": "1.0"}
+ADAPTER_ACTS = ("gelu", "relu", "tanh", "silu")  # adapter_act values (torch.nn.functional names)
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "cosine_with_restarts")
 
 
@@ -45,6 +46,12 @@ class TrainConfig:
     alpha: float = 16.0  # LoRA scale = alpha / rank
     dropout: float = 0.05  # dropout on the LoRA/adapter branch input
     targets: tuple[str, ...] = ("q", "k", "v", "o")  # canonical names, see peftlab.arch
+    # --- methods benchmark (issue 10): adapter, prompt-tuning (methods/adapter.py, methods/prompt_tuning.py)
+    adapter_bottleneck: int = 64  # Houlsby adapter width b (params per adapter 2·d·b + b + d)
+    adapter_act: str = "gelu"  # adapter nonlinearity: one of ADAPTER_ACTS
+    adapter_ln: bool = False  # adapters also train the layers' LayerNorms (as in Houlsby et al.)
+    prompt_tokens: int = 20  # prompt tuning: number of virtual tokens prepended to the input
+    # --- end methods benchmark keys
     # optimisation
     epochs: float = 3.0
     lr: float | None = None  # None = method default (FFT_LR / PEFT_LR)
@@ -258,6 +265,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise bad(f"alpha must be > 0, got {cfg.alpha}; pass e.g. --alpha 16")
     if not 0.0 <= cfg.dropout < 1.0:
         raise bad(f"dropout must be in [0, 1), got {cfg.dropout}; pass e.g. dropout=0.05")
+    # methods benchmark keys (issue 10)
+    if cfg.adapter_bottleneck <= 0:
+        raise bad(f"adapter_bottleneck must be a positive integer, got {cfg.adapter_bottleneck}; "
+                  f"pass e.g. adapter_bottleneck=64")
+    if cfg.adapter_act not in ADAPTER_ACTS:
+        raise bad(f"unknown adapter_act '{cfg.adapter_act}'; choose from {', '.join(ADAPTER_ACTS)}")
+    if cfg.prompt_tokens <= 0:
+        raise bad(f"prompt_tokens must be a positive integer, got {cfg.prompt_tokens}; pass e.g. prompt_tokens=20")
     if cfg.epochs <= 0:
         raise bad(f"epochs must be > 0, got {cfg.epochs}; pass e.g. --epochs 3")
     if cfg.lr is not None and cfg.lr <= 0:

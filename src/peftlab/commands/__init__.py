@@ -3,6 +3,6 @@
 Command bodies import heavy libraries lazily so `peftlab --help` stays instant.
 """
 
-from peftlab.commands import adalora, analysis, data, measure, study, sweep, train
+from peftlab.commands import adalora, analysis, bench, data, measure, study, sweep, train
 
-COMMAND_MODULES = [data, train, measure, analysis, study, sweep, adalora]
+COMMAND_MODULES = [data, train, measure, analysis, study, sweep, bench, adalora]

@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...",
                                               help="Any config key, e.g. lr=1e-4 warmup_ratio=0.1 (applied last)."),
         task: str = typer.Option(None, "--task", help="Task name (RTE, SST-2, MRPC, STS-B, CoLA, ...)."),
-        method: str = typer.Option(None, "--method", help="fft | lora | peft-lora | adalora (see peftlab.methods)."),
+        method: str = typer.Option(None, "--method", help="fft | lora | peft-lora | dora | rslora | pissa | vera | ia3 | "
+                                   "adalora | adapter | bitfit | ln-tuning | prompt-tuning (README 'Methods')."),
         seed: int = typer.Option(None, "--seed", help="Seed for the classifier init, data order and dropout."),
         rank: int = typer.Option(None, "--rank", help="LoRA rank r (low-rank methods)."),
         alpha: float = typer.Option(None, "--alpha", help="LoRA alpha (scale = alpha / r)."),

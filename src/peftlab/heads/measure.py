@@ -323,6 +323,13 @@ def step_update(m: Measurement) -> None:
     from peftlab.heads.update import UPDATE_FILE, UPDATE_META_FILE, measure_update
     from peftlab.io import atomic_write_json, write_jsonl_atomic
 
+    from peftlab.io import read_json
+    from peftlab.methods import get_method
+
+    method = get_method(read_json(m.run_dir / "run_config.json")["method"])
+    if getattr(method, "delta_note", None):  # adapters, BitFit, prompt/LN tuning: no ΔW of q/k/v/o weights
+        m.say(f"  update: not applicable for {method.name} ({method.delta_note}); update.jsonl not written")
+        return
     rows, meta = measure_update(m.run_dir)
     atomic_write_json(m.run_dir / UPDATE_META_FILE, meta)
     write_jsonl_atomic(m.run_dir / UPDATE_FILE, rows)

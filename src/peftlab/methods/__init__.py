@@ -1,4 +1,6 @@
-"""Fine-tuning methods, registered by name: `fft`, `lora` (peftlab's own), `peft-lora`, `adalora`.
+"""Fine-tuning methods, registered by name: `fft`, `lora` (peftlab's own), `peft-lora`, `adalora`, `adapter`
+(own Houlsby), `bitfit` (own), and through PEFT `dora`, `rslora`, `pissa`, `vera`, `ia3`, `prompt-tuning`,
+`ln-tuning` (`prefix-tuning` is refused: see `base.REFUSED_METHODS`).
 
     from peftlab.methods import get_method
     method = get_method("lora")
@@ -9,7 +11,9 @@ A new method is one file with a `@register_method` class (see `base.Method`), im
 """
 
 from peftlab.methods.base import METHODS, Method, get_method, register_method
-from peftlab.methods import fft, lora, peft_lora  # noqa: E402,F401  (registers the built-in methods)
-from peftlab.methods import adalora  # noqa: E402,F401  (AdaLoRA, issue 9)
+# Importing a method module registers it.
+from peftlab.methods import fft, lora, peft_lora  # noqa: E402,F401
+from peftlab.methods import adalora  # noqa: E402,F401
+from peftlab.methods import adapter, bitfit, dora, ia3, ln_tuning, pissa, prompt_tuning, rslora, vera  # noqa: E402,F401
 
 __all__ = ["METHODS", "Method", "get_method", "register_method"]

@@ -28,6 +28,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 METHODS: dict[str, "Method"] = {}
 
+# Method names peftlab knows and refuses, with why and what to use instead (checked by `get_method`).
+REFUSED_METHODS: dict[str, str] = {
+    "prefix-tuning": (
+        "method 'prefix-tuning' is not available: PEFT prefix tuning fails on transformers 5.24 "
+        "(\"Model does not support past key values\": BertModel.forward renamed past_key_values to cache); "
+        "use prompt-tuning, or transformers 5.23"
+    ),
+}
+
 FINGERPRINT_ATTR = "peftlab_base_fingerprint"  # set on the model by `apply`, read by `save_final`
 FINGERPRINT_FILE = "peftlab_base.json"  # beside saved weights of methods whose files have no room for it
 _SAMPLE_VALUES = 65_536
@@ -41,6 +50,9 @@ class Method:
     low_rank: bool = False  # run dir gets `_r<R>`
     dir_keys: tuple[str, ...] = ()  # config keys whose values become run-dir levels after <TASK> (AdaLoRA: signal)
     resumable: bool = True  # False: a killed run refuses to resume from a Trainer checkpoint (state not saved)
+    mergeable: bool = False  # the update can be folded into the base weights (no inference cost)
+    # Why `delta_weights` returns {} (no per-module ΔW of q/k/v/o/ffn weights), or None when it has one.
+    delta_note: str | None = None
 
     def apply(self, model: "nn.Module", cfg) -> "nn.Module":
         """Change `model` for training (freeze / wrap) and return the model to train."""
@@ -89,9 +101,35 @@ def register_method(cls: type[Method]) -> type[Method]:
 def get_method(name: str) -> Method:
     """The registered method `name` (case-insensitive), or a PeftlabError listing the known ones."""
     key = str(name).strip().lower()
+    if key in REFUSED_METHODS:
+        raise PeftlabError(REFUSED_METHODS[key])
     if key not in METHODS:
         raise PeftlabError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[key]
+
+
+def trainable_counts(method: Method, model: "nn.Module") -> dict[str, int]:
+    """{"with_classifier", "without_classifier", "classifier", "total"} parameter counts of an applied model.
+
+    The classifier is matched by name (a top-level classifier module of the ArchSpec, or PEFT's
+    `modules_to_save` copy of it), so the count is the same for every method of one model.
+    """
+    from peftlab.arch import get_arch
+
+    classifier = set(get_arch(model).classifier)
+
+    def is_classifier(name: str) -> bool:
+        for prefix in ("base_model.model.", "base_model."):  # PEFT wrappers (prompt tuning has no `.model`)
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        return name.split(".", 1)[0] in classifier
+
+    trainable = method.trainable_parameters(model)
+    n_with = sum(p.numel() for _, p in trainable)
+    n_classifier = sum(p.numel() for n, p in trainable if is_classifier(n))
+    return {"with_classifier": n_with, "without_classifier": n_with - n_classifier, "classifier": n_classifier,
+            "total": sum(p.numel() for p in model.parameters())}
 
 
 # --- config validation --------------------------------------------------------------------------

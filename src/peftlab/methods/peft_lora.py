@@ -38,8 +38,9 @@ warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*is depr
 ADAPTER = "default"  # PEFT's adapter name
 
 
-def peft_lora_config(model: nn.Module, cfg):
-    """The PEFT `LoraConfig` equivalent to peftlab's `lora` method with the same cfg."""
+def peft_lora_config(model: nn.Module, cfg, **variant):
+    """The PEFT `LoraConfig` equivalent to peftlab's `lora` method with the same cfg (+ `variant` options:
+    use_dora, use_rslora, init_lora_weights)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -50,6 +51,7 @@ def peft_lora_config(model: nn.Module, cfg):
         modules_to_save=classifier_module_names(model),
         task_type="SEQ_CLS",
         fan_in_fan_out=get_arch(model).conv1d,  # GPT-2 Conv1D weights are [d_in, d_out]
+        **variant,
     )
 
 
@@ -62,21 +64,27 @@ def peft_lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             if isinstance(module, LoraLayer) and ADAPTER in module.lora_A]
 
 
-@register_method
-class PeftLoraMethod(Method):
-    """LoRA via `peft.get_peft_model`, on the same canonical targets as `lora`."""
+class PeftMethod(Method):
+    """A method implemented by a PEFT tuner: subclasses give `peft_config(model, cfg)` and `trainable_tokens`.
 
-    name = "peft-lora"
-    dir_name = "PEFT-LoRA"
-    low_rank = True
+    Shared by `peft-lora` and its variants (`dora`, `rslora`, `pissa`, `vera`, `ia3`, `prompt-tuning`,
+    `ln-tuning`): apply = `get_peft_model` with the RNG seeded from cfg.seed; save = PEFT's
+    `save_pretrained` + fingerprint; load = `PeftModel.from_pretrained` on θ0.
+    """
+
+    # Substrings of the parameter names this tuner trains (the classifier copy is always added).
+    trainable_tokens: tuple[str, ...] = ("lora_",)
+    mergeable = True  # PEFT can fold the update into the base weights (`merge_and_unload`)
+
+    def peft_config(self, model: nn.Module, cfg):
+        raise NotImplementedError
 
     def apply(self, model: nn.Module, cfg) -> nn.Module:
         from peft import get_peft_model
 
-        validate_low_rank(cfg)
-        config = peft_lora_config(model, cfg)
+        config = self.peft_config(model, cfg)
         fingerprint = base_fingerprint(model)
-        # PEFT draws A from the global RNG: seed it from cfg.seed without disturbing the caller's RNG.
+        # PEFT draws its init from the global RNG: seed it from cfg.seed without disturbing the caller's RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.seed))
             peft_model = get_peft_model(model, config)
@@ -84,8 +92,8 @@ class PeftLoraMethod(Method):
         return peft_model
 
     def trainable_parameters(self, model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-        return [(name, param) for name, param in model.named_parameters()
-                if "lora_" in name or ".modules_to_save." in name]
+        tokens = self.trainable_tokens + (".modules_to_save.",)
+        return [(name, param) for name, param in model.named_parameters() if any(t in name for t in tokens)]
 
     def save_final(self, model: nn.Module, out_dir) -> None:
         save_pretrained_atomically(model, out_dir)
@@ -95,12 +103,56 @@ class PeftLoraMethod(Method):
 
         out_dir = Path(out_dir)
         require_file(out_dir / "adapter_config.json", "PEFT adapter config")
-        saved = json.loads(require_file(out_dir / FINGERPRINT_FILE, "PEFT-LoRA base-model fingerprint").read_text())
+        saved = json.loads(require_file(out_dir / FINGERPRINT_FILE, f"{self.dir_name} base-model fingerprint").read_text())
         check_same_base(saved, base_model, out_dir)
         fingerprint = base_fingerprint(base_model)
         model = PeftModel.from_pretrained(base_model, str(out_dir))
         stash_fingerprint(model, fingerprint)
         return model.eval()
+
+    def delta_weights(self, model_final: nn.Module, model_init: nn.Module) -> dict[str, torch.Tensor]:
+        """ΔW = W(merged θ1) − W0 in fp32 per adapted module: each PEFT layer is copied to fp32 and merged with
+        PEFT's own `merge` (so DoRA's magnitude, VeRA's scaling vectors, IA3's scaling and PiSSA's residual base
+        are all included), then θ0's weight is subtracted. Empty for tuners without weight layers (prompt tuning)."""
+        return merged_deltas(model_final, model_init)
+
+
+def merged_deltas(model_final: nn.Module, model_init: nn.Module) -> dict[str, torch.Tensor]:
+    """{HF module name: merged weight − θ0 weight (fp32, CPU)} for every PEFT tuner layer that can merge."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    hf_model = model_final.base_model.model if hasattr(model_final, "base_model") else model_final
+    deltas = {}
+    for name, layer in hf_model.named_modules():
+        if not isinstance(layer, BaseTunerLayer) or not hasattr(layer.get_base_layer(), "weight"):
+            continue
+        if ADAPTER not in getattr(layer, "active_adapters", [ADAPTER]):
+            continue
+        if type(layer).__name__.startswith("LNTuning"):
+            continue  # LayerNorm tuning replaces a LayerNorm; it has no weight matrix to diff
+        merged = copy.deepcopy(layer).float()
+        with torch.no_grad():
+            merged.merge(adapter_names=[ADAPTER])
+            w1 = merged.get_base_layer().weight.detach().float()
+        w0 = get_submodule(model_init, name).weight.detach().float()
+        if w1.shape != w0.shape:
+            raise PeftlabError(f"merged weight of '{name}' has shape {tuple(w1.shape)} but θ0's weight is "
+                               f"{tuple(w0.shape)}; pass the θ0 model of the same run")
+        deltas[name] = (w1.cpu() - w0.cpu())
+    return deltas
+
+
+@register_method
+class PeftLoraMethod(PeftMethod):
+    """LoRA via `peft.get_peft_model`, on the same canonical targets as `lora`."""
+
+    name = "peft-lora"
+    dir_name = "PEFT-LoRA"
+    low_rank = True
+
+    def peft_config(self, model: nn.Module, cfg):
+        validate_low_rank(cfg)
+        return peft_lora_config(model, cfg)
 
     def delta_weights(self, model_final: nn.Module, model_init: nn.Module) -> dict[str, torch.Tensor]:
         """ΔW per adapted module from PEFT's own `get_delta_weight(adapter)` (scale, fan_in_fan_out and any

@@ -102,9 +102,11 @@ class Run:
     save_s: float = 0.0
     n_trainable: int = 0
     n_total: int = 0
+    n_classifier: int = 0  # trainable classifier parameters (part of n_trainable)
     # trainer
     trainer: Any = None
     timing: dict = dataclasses.field(default_factory=dict)
+    step_timing: Any = None  # training/timing.py StepTimingCallback
 
 
 # ---------------------------------------------------------------- entry point
@@ -293,6 +295,9 @@ def theta0(run: Run) -> None:
         param.requires_grad_(id(param) in trainable_ids)
     run.n_trainable = sum(p.numel() for _, p in trainable)
     run.n_total = sum(p.numel() for p in model.parameters())
+    from peftlab.methods.base import trainable_counts
+
+    run.n_classifier = trainable_counts(run.method, model)["classifier"]
     run.model = model
 
 
@@ -403,11 +408,18 @@ def train(run: Run) -> None:
         trainer.add_callback(callback)
     for callback in run.callbacks:
         trainer.add_callback(callback)
+    from peftlab.training.timing import StepTimingCallback
+
+    run.step_timing = StepTimingCallback(run.model)  # forward / backward / optimizer split of train_s
+    trainer.add_callback(run.step_timing)
 
     if run.checkpoint is not None:
         _truncate_log(run_dir / METRICS_LOG, run.resumed_step)
         log.info("resuming %s from %s", run_dir, run.checkpoint.name)
-    trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(run.checkpoint) if run.checkpoint else None)
+    finally:
+        run.step_timing.remove_hooks()
     run.trainer = trainer
     run.timing = elapsed()
 
@@ -448,9 +460,11 @@ def finalize(run: Run) -> Path:
         "score": score,
         "score_note": None if score is None or math.isfinite(score) else "the dev metric was not finite (written as null)",
         "timing": {k: round(timing[k], 3) for k in ("data_s", "train_s", "eval_s", "save_s", "total_s")},
+        "timing_breakdown": run.step_timing.summary() if run.step_timing else None,
         "peak_memory_mb": round(memory_mb, 1),
         "peak_memory_kind": memory_kind,
         "trainable_params": run.n_trainable,
+        "trainable_params_without_classifier": run.n_trainable - run.n_classifier,
         "total_params": run.n_total,
         "train_samples": len(run.train_set),
         "eval_samples": len(run.dev_set),

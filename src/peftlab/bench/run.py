@@ -1,0 +1,152 @@
+"""`run_bench`: train every (cell, seed) through `train_run` (finished runs skipped), time inference, write
+`<out>/BENCH/<TASK>/<name>/` = runs/, runs.csv, bench.csv, bench.md, bench.json, figures/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from peftlab.errors import PeftlabError
+
+PROFILES = ("quick", "full")
+
+
+def bench_dir_for(task: str, name: str, out: str) -> Path:
+    from peftlab.runs import safe_output_path
+    from peftlab.tasks import get_task
+
+    return safe_output_path(Path(out), "BENCH", get_task(task).name, name)
+
+
+def plan(task: str, methods: list[str], ranks: list[int], target_sets: list[str], seeds: list[int],
+         profile: str, out: str, overrides: list[str], name: str | None = None):
+    """(bench dir, [(cell, TrainConfig)]) with every config validated before anything runs."""
+    from peftlab.bench.grid import build_cells, cell_overrides
+    from peftlab.config import load_config
+
+    if profile not in PROFILES:
+        raise PeftlabError(f"unknown profile '{profile}'; choose one of: {', '.join(PROFILES)}")
+    if not seeds:
+        raise PeftlabError("no seeds given; pass e.g. --seeds 1 2 3")
+    cells = build_cells(methods, ranks, target_sets)
+    bench_dir = bench_dir_for(task, name or profile, out)
+    configs = []
+    for cell in cells:
+        for seed in dict.fromkeys(seeds):
+            keys = [f"task={task}"] + list(overrides) + cell_overrides(cell, seed, str(bench_dir / "runs" / cell.label))
+            configs.append((cell, load_config(profile, keys)))
+    return bench_dir, configs
+
+
+def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list[str], seeds: list[int],
+              profile: str = "quick", out: str = "outputs", overrides: list[str] | None = None,
+              name: str | None = None, latency_iters: int = 20, latency_warmup: int = 3,
+              latency_batches: tuple[int, ...] = (1, 8), figures: bool = True, isolate: bool = True,
+              save_matrices: bool = False, console=None) -> Path:
+    """Run the benchmark grid and write its tables and figures; returns the bench directory.
+
+    `isolate`: train each run in a fresh process, so its peak memory (CPU peak RSS / CUDA max allocated,
+    both counted since process start) belongs to that run alone; without it, later runs report the
+    running maximum of the whole bench (bench.md then says so).
+    """
+    from peftlab.bench.table import RUN_COLUMNS, CELL_COLUMNS, cell_rows, latency_columns, to_csv, to_markdown
+    from peftlab.io import atomic_write_json, atomic_write_text
+    from peftlab.runs import read_final_metrics
+    from peftlab.train import summary_line
+
+    if latency_iters < 1 or latency_warmup < 0:
+        raise PeftlabError(f"--latency-iters must be >= 1 and --latency-warmup >= 0, got {latency_iters} and "
+                           f"{latency_warmup}")
+    say = console.print if console is not None else (lambda *a, **k: None)
+    bench_dir, configs = plan(task, methods, ranks, target_sets, seeds, profile, out, list(overrides or []), name)
+    runs, first_run = [], {}
+    for i, (cell, cfg) in enumerate(configs, 1):
+        say(f"[{i}/{len(configs)}] {cell.label} seed {cfg.seed}")
+        run_dir = _train(cfg, isolate)
+        say(f"  {summary_line(run_dir)}")
+        final = read_final_metrics(run_dir) or {}
+        runs.append({"cell": cell.label, "method": cell.method, "rank": cell.rank, "targets": cell.targets_label,
+                     "seed": cfg.seed, "metric": final.get("main_metric"), "score": final.get("score"),
+                     "trainable_params": final.get("trainable_params"),
+                     "trainable_params_without_classifier": final.get("trainable_params_without_classifier"),
+                     "train_s": (final.get("timing") or {}).get("train_s"),
+                     **{k: (final.get("timing_breakdown") or {}).get(k) for k in ("forward_s", "backward_s", "optimizer_s")},
+                     "peak_memory_mb": final.get("peak_memory_mb"), "peak_memory_kind": final.get("peak_memory_kind"),
+                     "run_dir": str(run_dir)})
+        first_run.setdefault(cell.label, (cell, cfg, run_dir))
+        if save_matrices:
+            from peftlab.bench.matrices import save_run_matrices
+
+            save_run_matrices(run_dir, bench_dir / "matrices" / cell.label / f"seed{cfg.seed}")
+
+    latency, fft_params, meta_latency = _latency(first_run, latency_iters, latency_warmup, list(latency_batches), say)
+    rows = cell_rows(runs, fft_params, latency)
+    cfg0 = configs[0][1]
+    meta: dict[str, Any] = {
+        "task": cfg0.task, "name": bench_dir.name, "profile": profile, "model": cfg0.model or "packaged all-MiniLM-L6-v2",
+        "seeds": list(dict.fromkeys(seeds)), "methods": list(dict.fromkeys(c.method for c, _ in configs)),
+        "ranks": list(ranks), "target_sets": sorted({c.targets_label for c, _ in configs if c.targets}),
+        "overrides": list(overrides or []), "fft_params": fft_params, **meta_latency,
+        "isolated_runs": isolate, "save_matrices": save_matrices,
+        "peak_memory_note": ("each run trained in its own process: peak memory is per run" if isolate else
+                             "runs shared one process: peak memory is the running maximum since the bench "
+                             "started, not a per-method figure"),
+        "score_uncertainty": "score_std = sample std over seeds (ddof 1); empty with one seed",
+        "best_rank_rule": "highest score_mean per (method, targets); ties -> fewer trainable params",
+    }
+    atomic_write_text(bench_dir / "runs.csv", to_csv(runs, RUN_COLUMNS))
+    columns = CELL_COLUMNS + latency_columns(list(latency_batches)) + ["best_rank", "cell"]
+    atomic_write_text(bench_dir / "bench.csv", to_csv(rows, columns))
+    if figures:
+        from peftlab.bench.figures import draw_figures
+
+        meta["figures"] = [p.name for p in draw_figures(bench_dir / "bench.csv", bench_dir / "figures",
+                                                        list(latency_batches))]
+    atomic_write_text(bench_dir / "bench.md", to_markdown(rows, meta, list(latency_batches)))
+    atomic_write_json(bench_dir / "bench.json", meta)  # last: its presence means the tables beside it are complete
+    return bench_dir
+
+
+def _train_in_child(cfg) -> str:
+    """Module-level (picklable) body of an isolated training process."""
+    from peftlab.train import train_run
+
+    return str(train_run(cfg))
+
+
+def _train(cfg, isolate: bool) -> Path:
+    """`train_run(cfg)`, in a fresh spawned process when `isolate` (finished runs are skipped without one)."""
+    from peftlab.runs import is_finished, run_dir_for
+    from peftlab.train import train_run
+
+    if not isolate or is_finished(run_dir_for(cfg)):
+        return train_run(cfg)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return Path(pool.submit(_train_in_child, cfg).result())  # a PeftlabError in the child is re-raised here
+
+
+def _latency(first_run: dict, iters: int, warmup: int, batches: list[int], say) -> tuple[dict, int, dict]:
+    """Latency per cell (first seed's θ1; latency does not depend on the seed) and θ0's parameter count."""
+    import torch
+
+    from peftlab.bench.latency import measure_latency
+    from peftlab.methods import get_method
+    from peftlab.runs import load_run_model
+
+    latency, fft_params, seq_len = {}, 0, None
+    for label, (cell, cfg, run_dir) in first_run.items():
+        if not fft_params:
+            init_model, _, _ = load_run_model(run_dir, "init")
+            fft_params = sum(p.numel() for p in init_model.parameters())
+            del init_model
+        model, _, _ = load_run_model(run_dir, "final")
+        seq_len = cfg.max_len
+        say(f"latency {label}")
+        latency[label] = measure_latency(get_method(cell.method), model, batches, cfg.max_len, iters, warmup)
+    meta = {"latency_iters": iters, "latency_warmup": warmup, "latency_batches": batches, "seq_len": seq_len,
+            "latency_device": "cpu", "torch_threads": torch.get_num_threads()}
+    return latency, fft_params, meta
