@@ -172,3 +172,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A saved tiny random BERT body + the packaged tokenizer: `model=<tiny_dir>` for fast training runs."""
+    from peftlab.models import load_tokenizer
+    from peftlab.testing import tiny_model
+
+    path = tmp_path_factory.mktemp("tiny") / "bert"
+    tiny_model("bert").base_model.save_pretrained(path)
+    load_tokenizer(None).save_pretrained(path)
+    return path

@@ -223,16 +223,6 @@ SCHEDULE = ["method=adalora", "targets=q,k,v,o,ffn_in,ffn_out", "init_r=4", "tar
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from peftlab.models import load_tokenizer
-
-    path = tmp_path_factory.mktemp("tiny") / "bert"
-    tiny_model("bert").base_model.save_pretrained(path)
-    load_tokenizer(None).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def make_cfg(tiny_dir, data_dir):
     def make(out, *overrides):
         return load_config(None, [f"model={tiny_dir}", f"data_dir={data_dir}", f"out={out}", "task=rte",

@@ -17,17 +17,6 @@ FAST = ["--max-train-samples", "16", "--max-eval-samples", "8", "--epochs", "1",
         "batch_size=8", "eval_batch_size=8"]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    from peftlab.models import load_tokenizer
-    from peftlab.testing import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny") / "bert"
-    tiny_model("bert").base_model.save_pretrained(path)  # a body without a head, like MiniLM
-    load_tokenizer(None).save_pretrained(path)
-    return path
-
-
 def run_cli(args, capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exc:
         main([str(a) for a in args])

@@ -40,17 +40,6 @@ SMALL = ["max_train_samples=24", "max_eval_samples=16", "batch_size=8", "eval_ba
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    from peftlab.models import load_tokenizer
-    from peftlab.testing import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny") / "bert"
-    tiny_model("bert").base_model.save_pretrained(path)
-    load_tokenizer(None).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def make_cfg(tiny_dir, data_dir):
     def make(out, *overrides, data=None):
         return load_config(None, [f"model={tiny_dir}", f"data_dir={data or data_dir}", f"out={out}", *SMALL,

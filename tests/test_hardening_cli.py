@@ -97,17 +97,6 @@ def _snapshot(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    from peftlab.models import load_tokenizer
-    from peftlab.testing import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny") / "bert"
-    tiny_model("bert").base_model.save_pretrained(path)
-    load_tokenizer(None).save_pretrained(path)
-    return path
-
-
 def test_the_table_is_big_enough():
     assert len(BAD_INVOCATIONS) >= 40
     assert len({case for case, _, _ in BAD_INVOCATIONS}) == len(BAD_INVOCATIONS)

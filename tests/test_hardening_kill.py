@@ -47,17 +47,6 @@ def _count_lines(path: Path) -> int:
         return 0
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    from peftlab.models import load_tokenizer
-    from peftlab.testing import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny") / "bert"
-    tiny_model("bert").base_model.save_pretrained(path)
-    load_tokenizer(None).save_pretrained(path)
-    return path
-
-
 def test_kill_9_at_random_points_then_resume_equals_uninterrupted(tmp_path, tiny_dir, data_dir):
     common = [f"model={tiny_dir}", f"data_dir={data_dir}", *ARGS]
     reference = train_run(load_config(None, [*common, f"out={tmp_path / 'ref'}"]))

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from peftlab.arch import classifier_module_names, find_layers, get_arch, get_submodule
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import Method, base_fingerprint, register_method, stash_fingerprint
-from peftlab.methods.own_state import SETTINGS_ATTR, load_trainable, save_trainable
+from peftlab.methods.base import base_fingerprint, register_method, stash_fingerprint
+from peftlab.methods.own_state import SETTINGS_ATTR, OwnStateMethod
 
 INIT_STD = 1e-2  # Houlsby et al.: near-identity init
 
@@ -92,7 +92,7 @@ def _check_settings(cfg) -> tuple[int, str, bool]:
 
 
 @register_method
-class AdapterMethod(Method):
+class AdapterMethod(OwnStateMethod):
     name = "adapter"
     dir_name = "Adapter"
     low_rank = False
@@ -140,13 +140,3 @@ class AdapterMethod(Method):
         return [(name, param) for name, param in model.named_parameters()
                 if ".adapter." in name or name.split(".", 1)[0] in classifier
                 or (ln_suffixes and any(s in name for s in ln_suffixes))]
-
-    def save_final(self, model, out_dir) -> None:
-        save_trainable(self, model, out_dir)
-
-    def load_final(self, base_model, out_dir):
-        return load_trainable(self, base_model, out_dir)
-
-    def delta_weights(self, model_final, model_init):
-        """{} — see `delta_note`."""
-        return {}

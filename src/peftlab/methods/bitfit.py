@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch.nn as nn
 
 from peftlab.arch import classifier_module_names
-from peftlab.methods.base import Method, base_fingerprint, register_method, stash_fingerprint
-from peftlab.methods.own_state import SETTINGS_ATTR, load_trainable, save_trainable
+from peftlab.methods.base import base_fingerprint, register_method, stash_fingerprint
+from peftlab.methods.own_state import SETTINGS_ATTR, OwnStateMethod
 
 
 @register_method
-class BitFitMethod(Method):
+class BitFitMethod(OwnStateMethod):
     name = "bitfit"
     dir_name = "BitFit"
     low_rank = False
@@ -34,13 +34,3 @@ class BitFitMethod(Method):
         classifier = classifier_module_names(model)
         return [(name, param) for name, param in model.named_parameters()
                 if name.endswith(".bias") or name.split(".", 1)[0] in classifier]
-
-    def save_final(self, model, out_dir) -> None:
-        save_trainable(self, model, out_dir)
-
-    def load_final(self, base_model, out_dir):
-        return load_trainable(self, base_model, out_dir)
-
-    def delta_weights(self, model_final, model_init):
-        """{} — see `delta_note`."""
-        return {}

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from peftlab.errors import PeftlabError
-from peftlab.methods.base import check_same_base, require_file, stashed_fingerprint
+from peftlab.methods.base import Method, check_same_base, require_file, stashed_fingerprint
 
 WEIGHTS = "adapter.safetensors"
 CONFIG = "adapter_config.json"
@@ -56,3 +56,18 @@ def load_trainable(method, base_model, out_dir):
                            f"unexpected {extra[:3]}); re-save it with this peftlab version")
     model.load_state_dict(tensors, strict=False)
     return model.eval()
+
+
+class OwnStateMethod(Method):
+    """A method of ours that saves only what trains (`save_trainable` / `load_trainable`) and leaves no
+    per-module ΔW of q/k/v/o (subclasses set `delta_note` to say why)."""
+
+    def save_final(self, model, out_dir) -> None:
+        save_trainable(self, model, out_dir)
+
+    def load_final(self, base_model, out_dir):
+        return load_trainable(self, base_model, out_dir)
+
+    def delta_weights(self, model_final, model_init):
+        """{} — see `delta_note`."""
+        return {}
