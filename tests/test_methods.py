@@ -500,3 +500,21 @@ def test_minilm_own_lora_equals_peft_and_delta_matches_merge():
     for name, delta in deltas.items():
         torch.testing.assert_close(delta, ours.get_submodule(name).base_layer.weight - base.get_submodule(name).weight,
                                    atol=1e-6, rtol=0)
+
+
+def test_shared_qkv_lora_runs_under_inference_mode():
+    """The q/k/v group caches on the input's version counter, which inference tensors lack: it must step aside."""
+    import torch
+
+    from peftlab.config import load_config
+    from peftlab.methods import get_method
+    from peftlab.testing import tiny_batch, tiny_model
+
+    cfg = load_config(None, ["method=lora", "rank=2", "targets=q,k,v,o", "dropout=0.0"])
+    model = get_method("lora").apply(tiny_model("bert"), cfg).eval()
+    input_ids, attention_mask = tiny_batch(2, 6, seed=0)
+    with torch.no_grad():
+        reference = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert torch.allclose(logits, reference, atol=1e-6)

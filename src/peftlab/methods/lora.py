@@ -154,7 +154,9 @@ class LoraLinear(nn.Module):
     def lora_hidden(self, x: torch.Tensor) -> torch.Tensor:
         """dropout(x) @ Aᵀ, [..., r] — the rank-r intermediate of this module's branch."""
         group = self.input_group
-        if group is not None and not any(m.merged for m in group.members):
+        # Inference tensors (torch.inference_mode) carry no version counter, which the group's cache keys on;
+        # there is no dropout mask to share then either, so each module takes its own branch.
+        if group is not None and not x.is_inference() and not any(m.merged for m in group.members):
             return group.lora_hidden(self, x)
         return F.linear(self.lora_dropout(x), self.lora_A)  # [..., r]
 
