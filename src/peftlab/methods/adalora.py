@@ -22,7 +22,6 @@ not in Trainer checkpoints, so a resumed run would allocate differently from an 
 
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 
@@ -154,21 +153,9 @@ class AdaLoraMethod(PeftLoraMethod):
     def delta_weights(self, model_final: nn.Module, model_init: nn.Module) -> dict[str, torch.Tensor]:
         """ΔW = B·(A⊙E)·scaling / (ranknum + 1e-5) per adapted module: PEFT's `SVDLinear.get_delta_weight`,
         computed in fp32 (a low-precision layer is copied to fp32 first) = merged − base. Keyed by HF name."""
-        from peftlab.arch import get_submodule
-        from peftlab.methods.peft_lora import peft_lora_layers
+        from peftlab.methods.peft_lora import peft_delta_weights
 
-        deltas = {}
-        for name, layer in peft_lora_layers(model_final):
-            if layer.lora_A[ADAPTER].dtype != torch.float32:
-                layer = copy.deepcopy(layer).float()
-            with torch.no_grad():
-                delta = layer.get_delta_weight(ADAPTER).detach().float()  # Linear [d_out, d_in]; Conv1D [d_in, d_out]
-            init_weight = get_submodule(model_init, name).weight
-            if delta.shape != init_weight.shape:
-                raise PeftlabError(f"AdaLoRA update of '{name}' has shape {tuple(delta.shape)} but θ0's weight is "
-                                   f"{tuple(init_weight.shape)}; pass the θ0 model of the same run")
-            deltas[name] = delta.cpu()
-        return deltas
+        return peft_delta_weights(model_final, model_init, "AdaLoRA")
 
     def preflight(self, cfg, total_steps: int) -> None:
         resolve_schedule(cfg, total_steps)

@@ -55,6 +55,26 @@ def peft_lora_config(model: nn.Module, cfg, **variant):
     )
 
 
+def peft_delta_weights(model_final, model_init, label: str) -> dict:
+    """ΔW of every PEFT low-rank layer from its own `get_delta_weight` in fp32, keyed by HF module name.
+
+    A layer holding any non-fp32 tensor is copied to fp32 first, so ΔW is never computed in low precision
+    (it is what `merge` adds to the base weight: merged − base). Shared by PEFT LoRA and AdaLoRA.
+    """
+    deltas = {}
+    for name, layer in peft_lora_layers(model_final):
+        if any(p.dtype != torch.float32 for p in layer.parameters()):
+            layer = copy.deepcopy(layer).float()
+        with torch.no_grad():
+            delta = layer.get_delta_weight(ADAPTER).detach().float()  # Linear [d_out, d_in]; Conv1D [d_in, d_out]
+        init_weight = get_submodule(model_init, name).weight
+        if delta.shape != init_weight.shape:
+            raise PeftlabError(f"{label} update of '{name}' has shape {tuple(delta.shape)} but θ0's weight "
+                               f"is {tuple(init_weight.shape)}; pass the θ0 model of the same run")
+        deltas[name] = delta.cpu()
+    return deltas
+
+
 def peft_lora_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(HF module name, PEFT LoRA layer) for every adapted module of a PEFT model."""
     from peft.tuners.lora import LoraLayer
@@ -161,15 +181,4 @@ class PeftLoraMethod(PeftMethod):
         A layer whose adapter weights are not fp32 is copied to fp32 first, so ΔW is never computed in
         low precision (it is what `merge` adds to the base weight: merged − base).
         """
-        deltas = {}
-        for name, layer in peft_lora_layers(model_final):
-            if layer.lora_A[ADAPTER].weight.dtype != torch.float32:
-                layer = copy.deepcopy(layer).float()
-            with torch.no_grad():
-                delta = layer.get_delta_weight(ADAPTER).detach().float()  # Linear [d_out, d_in]; Conv1D [d_in, d_out]
-            init_weight = get_submodule(model_init, name).weight
-            if delta.shape != init_weight.shape:
-                raise PeftlabError(f"PEFT LoRA update of '{name}' has shape {tuple(delta.shape)} but θ0's weight "
-                                   f"is {tuple(init_weight.shape)}; pass the θ0 model of the same run")
-            deltas[name] = delta.cpu()
-        return deltas
+        return peft_delta_weights(model_final, model_init, "PEFT LoRA")
