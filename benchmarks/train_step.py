@@ -5,10 +5,12 @@
 One process, the packaged all-MiniLM-L6-v2, real RTE training batches padded to --max-len.
 The variants run interleaved (rotating order) in every repetition so that load from other
 processes hits all of them alike; the table shows per-variant medians and the median (and range)
-of the *paired* per-repetition ratios. Rows: FFT with the optimizer peftlab's Trainer uses
-(`adamw_torch`, a per-parameter loop on the CPU), FFT with plain HF Trainer's default
-(`adamw_torch_fused`), own LoRA (defaults: FastDropout masks, q/k/v sharing one mask and one
-A-matmul), own LoRA configured like PEFT (per-module `nn.Dropout`, no sharing) and PEFT LoRA.
+of the *paired* per-repetition ratios. Every row uses the optimizer peftlab's Trainer uses for
+every method, `adamw_torch_fused` (also plain HF Trainer's default in transformers 5 with
+torch ≥ 2.8), and, like peftlab's loop, the base model's dropouts from `peftlab.fast_dropout`.
+Rows: FFT; FFT as plain HF Trainer runs it (`nn.Dropout` masks); own LoRA (defaults: FastDropout
+masks, q/k/v sharing one mask and one A-matmul, wide-output backward GEMMs); own LoRA configured
+like PEFT (per-module `nn.Dropout`, no sharing); PEFT LoRA.
 Goals (issue 13): own LoRA ≤ 0.85× FFT and ≤ 0.85× PEFT LoRA.
 `--profile N` instead runs torch.profiler over N steps per variant and prints the top ops.
 """
@@ -61,14 +63,16 @@ def make_batches(tokenizer, data_dir: Path, batch_size: int, max_len: int, n_bat
 
 # label: (method, optimizer as named by TrainingArguments.optim, cfg overrides)
 VARIANTS = {
-    "FFT": ("fft", "adamw_torch", {}),  # what peftlab's Trainer runs today (train.py: optim="adamw_torch")
-    "FFT fused": ("fft", "adamw_torch_fused", {}),  # plain HF Trainer's default optimizer (torch >= 2.8)
-    "own LoRA": ("lora", "adamw_torch", {}),  # defaults: FastDropout + q/k/v shared input
-    "own LoRA as PEFT": ("lora", "adamw_torch", {"lora_fast_dropout": False, "lora_share_qkv": False}),
-    "PEFT LoRA": ("peft-lora", "adamw_torch", {}),
+    # peftlab's loop (training/loop.py): fused AdamW and, by default, `fast_dropout` on the base model
+    "FFT": ("fft", "adamw_torch_fused", {}),
+    # plain HF Trainer: the same fused AdamW (its default), nn.Dropout's bernoulli_ masks
+    "FFT plain HF": ("fft", "adamw_torch_fused", {"fast_dropout": False}),
+    "own LoRA": ("lora", "adamw_torch_fused", {}),  # defaults: FastDropout + q/k/v shared input
+    "own LoRA as PEFT": ("lora", "adamw_torch_fused", {"lora_fast_dropout": False, "lora_share_qkv": False}),
+    "PEFT LoRA": ("peft-lora", "adamw_torch_fused", {}),  # through peftlab's loop: its base dropouts are fast too
 }
-RATIOS = (("own LoRA", "FFT"), ("own LoRA", "FFT fused"), ("own LoRA", "PEFT LoRA"),
-          ("own LoRA as PEFT", "PEFT LoRA"), ("PEFT LoRA", "FFT"), ("FFT fused", "FFT"))
+RATIOS = (("own LoRA", "FFT"), ("own LoRA", "PEFT LoRA"), ("own LoRA as PEFT", "PEFT LoRA"),
+          ("PEFT LoRA", "FFT"), ("FFT", "FFT plain HF"))
 
 
 def make_optimizer(params, optim: str, lr: float = 1e-4):
@@ -80,6 +84,7 @@ def build_models(rank: int, targets: str, dropout: float, variants=VARIANTS):
     """{label: (model in train mode, AdamW over its trainable parameters)} for each variant."""
     from types import SimpleNamespace
 
+    from peftlab.fast_dropout import use_fast_dropout
     from peftlab.methods import get_method
     from peftlab.models import load_model
 
@@ -89,7 +94,10 @@ def build_models(rank: int, targets: str, dropout: float, variants=VARIANTS):
         cfg = SimpleNamespace(rank=rank, alpha=2.0 * rank, dropout=dropout, targets=targets, seed=1, model=None,
                               **overrides)
         method = get_method(name)
-        model = method.apply(copy.deepcopy(base), cfg).train()
+        model = copy.deepcopy(base)
+        if overrides.get("fast_dropout", True):  # what the training loop does before applying the method
+            use_fast_dropout(model)
+        model = method.apply(model, cfg).train()
         params = [p for _, p in method.trainable_parameters(model)]
         trainable_ids = {id(p) for p in params}
         for param in model.parameters():  # what the training loop does: train exactly these

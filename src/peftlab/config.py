@@ -77,6 +77,9 @@ class TrainConfig:
     eval_each_epoch: bool = True
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     group_by_length: bool = True
+    # CPU dropout masks without bernoulli_ (same distribution, another random stream; peftlab.fast_dropout).
+    # false: exactly the masks plain HF Trainer draws.
+    fast_dropout: bool = True
     # ---- AdaLoRA (method `adalora`; read only by peftlab.methods.adalora) -----------------------------
     # PEFT AdaLoRA: every adapted matrix starts at rank `init_r`; the total rank budget falls (cubic)
     # to `target_r` × n_matrices between step tinit and total − tfinal, reallocated every `deltaT`

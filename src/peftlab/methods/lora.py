@@ -45,6 +45,7 @@ from peftlab.arch import (
     target_module_names,
 )
 from peftlab.errors import PeftlabError
+from peftlab.fast_dropout import FastDropout, drop_mask, keep_mask  # noqa: F401 - re-exported for callers and tests
 from peftlab.methods.base import (
     Method,
     base_fingerprint,
@@ -71,46 +72,38 @@ def _conv1d_type():
     return Conv1D
 
 
-# One 64-bit draw feeds two 32-bit lanes: `random_` costs about the same per element whatever the
-# integer width, so a bool mask from int32 lanes needs half the generator calls of an int32 tensor
-# and ~1/4 of the time of `bernoulli_` (serial, one draw per element on the CPU; measured in
-# benchmarks/README.md). The lanes are uniform over all 2**32 int32 values, so
-# P(drop) = round(p · 2**32) / 2**32 — p up to 2.4e-10.
-_LANES_PER_WORD = 2
+def drop_unscaled(dropout: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(dropped x, scale still to apply): `FastDropout` defers its scale, other modules apply it (scale 1)."""
+    if isinstance(dropout, FastDropout):
+        return dropout.drop(x)
+    return dropout(x), 1.0
 
 
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
-    """(bool keep mask of `shape`, scale 1 / (1 − p_eff)) with P(keep) = 1 − p_eff, p_eff = round(p·2³²)/2³².
+class _LowRankAdd(torch.autograd.Function):
+    """`base + s · h Bᵀ` with backward GEMMs laid out for wide outputs (CPU).
 
-    Draws from the global generator of `device` (seeded by the Trainer like every other dropout).
-    """
-    n = math.prod(shape)
-    drop_levels = round(p * 2**32)  # int32 lanes below -2**31 + drop_levels are dropped
-    words = torch.empty(-(-n // _LANES_PER_WORD), dtype=torch.int64, device=device)
-    words.random_(-(2**63), None)  # every one of the 2**64 bit patterns, equally likely
-    lanes = words.view(torch.int32)[:n].view(shape)  # [n_words * 2] -> shape
-    return lanes >= drop_levels - 2**31, 2**32 / (2**32 - drop_levels)
-
-
-class FastDropout(nn.Module):
-    """Inverted dropout, `x · keep / (1 − p)`, with masks from `keep_mask` on the CPU.
-
-    Same distribution as `nn.Dropout(p)` (up to p rounded to 2⁻³²), a different random stream. On
-    other devices (fused dropout kernels there) and in eval mode it is exactly `F.dropout`.
+    Autograd's own `addmm` backward computes ∂h = G B ([T, d_out] × [d_out, r]) and ∂B = Gᵀ h
+    ([d_out, T] × [T, r]): GEMMs whose output has r (= 8) columns, which the CPU BLAS runs far
+    below its peak. The same products as (Bᵀ Gᵀ)ᵀ and (hᵀ G)ᵀ have T or d_out columns and ran 2× and
+    5× faster single-threaded (T = 2048, d = 384, r = 8; `benchmarks/README.md`). Same arithmetic,
+    different summation order: equal up to fp32 rounding.
     """
 
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = float(p)
+    @staticmethod
+    def forward(ctx, base: torch.Tensor, h: torch.Tensor, lora_B: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(h, lora_B)
+        ctx.scale = scale
+        return torch.addmm(base, h, lora_B.T, alpha=scale)  # [T, d_out]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or x.device.type != "cpu":
-            return F.dropout(x, self.p, self.training)
-        keep, scale = keep_mask(x.shape, self.p, x.device)
-        return x.mul(keep).mul_(scale)  # autograd keeps the bool mask (1 byte/element) for backward
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, lora_B = ctx.saved_tensors  # h [T, r], lora_B [d_out, r]
+        grad_h = grad_B = None
+        if ctx.needs_input_grad[1]:
+            grad_h = torch.mm(lora_B.T * ctx.scale, grad.T).T  # [r, T] -> [T, r]
+        if ctx.needs_input_grad[2]:
+            grad_B = torch.mm(h.T * ctx.scale, grad).T  # [r, d_out] -> [d_out, r]
+        return grad, grad_h, grad_B, None
 
 
 def make_lora_dropout(p: float, fast: bool = True) -> nn.Module:
@@ -151,26 +144,32 @@ class LoraLinear(nn.Module):
         self.merged = False
         self.input_group: SharedInputGroup | None = None  # set by `share_inputs` (plain attribute, no state)
 
-    def lora_hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """dropout(x) @ Aᵀ, [..., r] — the rank-r intermediate of this module's branch."""
+    def lora_hidden(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(dropped(x) @ Aᵀ [..., r], dropout scale still to apply) — the rank-r intermediate of the branch."""
         group = self.input_group
         # Inference tensors (torch.inference_mode) carry no version counter, which the group's cache keys on;
         # there is no dropout mask to share then either, so each module takes its own branch.
         if group is not None and not x.is_inference() and not any(m.merged for m in group.members):
             return group.lora_hidden(self, x)
-        return F.linear(self.lora_dropout(x), self.lora_A)  # [..., r]
+        dropped, scale = drop_unscaled(self.lora_dropout, x)
+        return F.linear(dropped, self.lora_A), scale  # [..., r]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         if self.merged:
             return result
         # (x Aᵀ) Bᵀ: the rank-r intermediate keeps the branch at r·(d_in + d_out) MACs per token.
-        h = self.lora_hidden(x)  # [..., r]
+        h, drop_scale = self.lora_hidden(x)  # [..., r]
         # addmm adds scale·h Bᵀ onto the base output inside the GEMM: no separate scale and add
         # passes over [tokens, d_out] (PEFT does `result + B(A(x)) * scale`). Measured ~6 % faster
         # per wrapped 384×384 layer (fwd + bwd, 16×128 tokens, paired reps); equal up to fp rounding.
-        out = torch.addmm(result.reshape(-1, self.d_out), h.reshape(-1, self.rank), self.lora_B.T,
-                          alpha=self.scaling)  # [tokens, d_out]
+        # The dropout's 1 / (1 − p) rides along in alpha (see FastDropout.drop).
+        scale = self.scaling * drop_scale
+        result_2d, h_2d = result.reshape(-1, self.d_out), h.reshape(-1, self.rank)  # [tokens, d_out], [tokens, r]
+        if result.device.type == "cpu" and torch.is_grad_enabled() and (h.requires_grad or self.lora_B.requires_grad):
+            out = _LowRankAdd.apply(result_2d, h_2d, self.lora_B, scale)  # [tokens, d_out]
+        else:  # GPU BLAS, inference: autograd's own addmm
+            out = torch.addmm(result_2d, h_2d, self.lora_B.T, alpha=scale)  # [tokens, d_out]
         return out.view(result.shape)
 
     def delta_weight(self) -> torch.Tensor:
@@ -221,22 +220,25 @@ class SharedInputGroup:
         self.members = members
         self._key: tuple | None = None
         self._hidden: tuple[torch.Tensor, ...] = ()
+        self._scale = 1.0
         self._served: set[int] = set()
 
     def __getstate__(self) -> dict:
         # deepcopy / pickle: members only — a half-read cache holds graph tensors that cannot be copied.
-        return {"members": self.members, "_key": None, "_hidden": (), "_served": set()}
+        return {"members": self.members, "_key": None, "_hidden": (), "_scale": 1.0, "_served": set()}
 
-    def lora_hidden(self, member: "LoraLinear", x: torch.Tensor) -> torch.Tensor:
+    def lora_hidden(self, member: "LoraLinear", x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(member's [..., r] slice of dropped(x) @ [A_1; …; A_n]ᵀ, dropout scale still to apply)."""
         index = next(i for i, m in enumerate(self.members) if m is member)
         key = (x._version, torch.is_grad_enabled(), member.training)
         if self._key is None or self._key[0] is not x or self._key[1:] != key or index in self._served:
             lora_A = torch.cat([m.lora_A for m in self.members])  # n × [r, d_in] -> [n·r, d_in]
-            hidden = F.linear(member.lora_dropout(x), lora_A)  # [..., n·r]
+            dropped, self._scale = drop_unscaled(member.lora_dropout, x)
+            hidden = F.linear(dropped, lora_A)  # [..., n·r]
             self._hidden = hidden.split(member.rank, dim=-1)  # n × [..., r]
             self._key, self._served = (x, *key), set()
         self._served.add(index)
-        out = self._hidden[index]
+        out = self._hidden[index], self._scale
         if len(self._served) == len(self.members):  # everyone has read it: drop the references to x
             self._key, self._hidden = None, ()
         return out

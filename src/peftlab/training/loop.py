@@ -265,6 +265,14 @@ def theta0(run: Run) -> None:
     if main and (run.checkpoint is None or not (run_dir / CKPT_INIT).is_dir()):
         run.save_s += atomic_dir(run_dir / CKPT_INIT, save_init)
 
+    # After saving ckpt_init (a plain HF checkpoint either way): swap the base model's dropouts only, so a
+    # method's own (e.g. PEFT's lora_dropout) stay as they are.
+    fast_dropout = None
+    if cfg.fast_dropout:
+        from peftlab.fast_dropout import use_fast_dropout
+
+        fast_dropout = use_fast_dropout(model)
+
     # run_config.json (provenance; not a completion marker). Tokenizing keeps every row, so n_used = rows.
     world = distributed.world_size()
     provenance = {
@@ -284,6 +292,8 @@ def theta0(run: Run) -> None:
         # one optimizer step sees batch_size rows on each of world_size processes, grad_accum times
         "world_size": world,
         "effective_batch_size": cfg.batch_size * cfg.grad_accum * world,
+        # {"dropouts": n nn.Dropout swapped for FastDropout, "attention": implementation} or None (plain HF masks)
+        "fast_dropout": fast_dropout,
     }
     if main:
         atomic_write_json(run_dir / RUN_CONFIG, provenance)
