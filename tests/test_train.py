@@ -330,3 +330,14 @@ def test_run_config_json_is_valid_json_mid_run(tmp_path, make_cfg):
     json.loads((run / "run_config.json").read_text())
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 2]
     assert not (run / "final_metrics.json").exists()
+
+
+def test_fast_dropout_is_recorded_and_false_draws_plain_hf_masks(tmp_path, make_cfg, lora_run):
+    """Default: the base model's dropouts come from peftlab.fast_dropout (recorded in run_config.json);
+    fast_dropout=false draws nn.Dropout's masks — same data and init, so only the masks differ."""
+    fast = read_json(lora_run / "run_config.json")["fast_dropout"]
+    assert fast["dropouts"] > 0 and fast["attention"] == "peftlab_sdpa_fast_dropout"
+    plain = train_run(make_cfg(tmp_path, "method=lora", "rank=4", "alpha=8", "targets=q,v", "fast_dropout=false"))
+    assert read_json(plain / "run_config.json")["fast_dropout"] is None
+    a, b = read_json(lora_run / "final_metrics.json"), read_json(plain / "final_metrics.json")
+    assert a["train_loss"] != b["train_loss"]  # other random masks (tiny BERT has hidden/attention dropout 0.1)
