@@ -151,6 +151,13 @@ def run_sweep(spec: SweepSpec, out: str | Path = "outputs", backend: str = "loca
     return sweep_dir
 
 
+def read_outcomes(sweep_dir: Path) -> dict[str, float | None]:
+    """{run_dir: seconds the sweep spent on it} from a written sweep.json (0 for a skipped run)."""
+    from peftlab.io import read_json
+
+    return {r["run_dir"]: r.get("seconds") for r in read_json(sweep_dir / SWEEP_JSON).get("runs", [])}
+
+
 def raise_for_failures(sweep_dir: Path, what: str) -> None:
     """For commands that need every run (study, bench): one PeftlabError line when a run failed (the run's own
     error when it is the only one), after the sweep recorded all of them."""

@@ -285,13 +285,14 @@ def _variant(point: dict[str, Any], cfg: TrainConfig) -> str | None:
     return safe_name(text, "sweep axis values")
 
 
-def expand(spec: SweepSpec, out: str | Path) -> list[SweepRun]:
+def expand(spec: SweepSpec, out: str | Path, name_points: bool = True) -> list[SweepRun]:
     """Every grid point as a validated config, in axis order (the first axis varies slowest).
 
     Each point goes through `load_config(preset, {**fixed, **by_method[method], **point, out})`, the same
     path as `peftlab train --config preset key=value ...`, so its run directory and settings are those of a
     train call. A `rank` point of a method without a rank (fft, ...) is not applied: its config does not
-    depend on which rank point came first.
+    depend on which rank point came first. `name_points=False`: a bad value raises its own error line,
+    without the "sweep spec NAME: grid point (...)" prefix (for commands whose flags built the spec).
     """
     from peftlab.methods import get_method
     from peftlab.runs import run_dir_for
@@ -311,6 +312,8 @@ def expand(spec: SweepSpec, out: str | Path) -> list[SweepRun]:
                     settings["rank"] = spec.fixed["rank"]
             cfg = load_config(spec.preset, settings)
         except PeftlabError as err:
+            if not name_points:  # a command's own flags built the grid: its error needs no spec context
+                raise
             label = ", ".join(f"{k}={_text(v)}" for k, v in point.items())
             raise _bad(where, f"grid point ({label}): {err}") from None
         variant = _variant(point, cfg)
@@ -335,6 +338,38 @@ def _by_method(spec: SweepSpec, method: str) -> dict[str, Any]:
     return out
 
 
+def command_resources(backend: str, max_concurrent: int = 1, cpus_per_run: float | None = None,
+                      gpus_per_run: float = 0) -> Resources:
+    """Resources of a grid built by `study` / `bench` / `adalora run`: by default the local backend keeps torch's
+    own thread count (as those commands always did) and Ray splits this machine's CPUs over the concurrent trials."""
+    import os
+
+    if max_concurrent < 1 or (cpus_per_run is not None and cpus_per_run <= 0) or gpus_per_run < 0:
+        raise PeftlabError(f"--max-concurrent must be >= 1, --cpus-per-run > 0 and --gpus-per-run >= 0; got "
+                           f"{max_concurrent}, {cpus_per_run}, {gpus_per_run}")
+    if cpus_per_run is None:
+        if backend == "local":
+            import torch
+
+            cpus_per_run = torch.get_num_threads()
+        else:
+            cpus_per_run = max(1, (os.cpu_count() or 1) // max_concurrent)
+    return Resources(cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, max_concurrent=max_concurrent)
+
+
+def grid_overrides(overrides: list[str], own: dict[str, str], command: str) -> dict[str, str]:
+    """`key=value` overrides of a command as a dict, refusing keys the command's own grid sets (`own`: key → flag)."""
+    from peftlab.config import parse_overrides
+
+    updates = parse_overrides(overrides)
+    for key in updates:
+        norm = key.replace("-", "_")
+        if norm in own:
+            raise PeftlabError(f"{command}: the override '{key}=...' would replace the grid's own {norm}; "
+                               f"pass {own[norm]} instead")
+    return updates
+
+
 def grid_size(spec: SweepSpec) -> int:
     n = 1
     for values in spec.axes.values():
@@ -343,4 +378,4 @@ def grid_size(spec: SweepSpec) -> int:
 
 
 __all__ = ["SweepSpec", "SweepRun", "Resources", "Asha", "parse_spec", "load_spec", "expand", "grid_size", "check_asha",
-           "IDENTITY_KEYS"]
+           "command_resources", "grid_overrides", "IDENTITY_KEYS"]
