@@ -121,7 +121,7 @@ def run_study(
     """Run every stage of a study and write `outputs/STUDY/<TASK>/<name>/report.html`; returns its path.
 
     Training is a sweep (`study_spec`) on `backend` (local | ray, `ray_address` to join a cluster) with
-    `resources` (`sweep.spec.Resources`; default one run at a time), summarised in
+    `resources` (`sweep.spec.Resources`; default `command_resources(backend)`: one run at a time), summarised in
     `<study dir>/sweep/sweep.{csv,json}`; measuring and analysing then run here, run by run.
     `subset_size` overrides the profile's evaluation subset (tests use tiny data); `progress` shows the
     per-step progress bars.
@@ -147,6 +147,10 @@ def run_study(
     if subset_size is not None:
         settings["subset_size"] = int(subset_size)
     say = console.print if console is not None else print
+    if resources is None:  # torch's own thread count locally, as a study always trained
+        from peftlab.sweep.spec import command_resources
+
+        resources = command_resources(backend)
     spec = study_spec(plan, settings, resources)
     runs = expand(spec, out, name_points=False)  # every config validated before anything trains
     configs = [run.cfg for run in runs]

@@ -100,6 +100,10 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
     from peftlab.sweep.runner import raise_for_failures, run_sweep
 
     bench_dir, configs = plan(task, methods, ranks, target_sets, seeds, profile, out, list(overrides or []), name)
+    if resources is None:  # torch's own thread count locally, as the bench always trained
+        from peftlab.sweep.spec import command_resources
+
+        resources = command_resources(backend)
     spec, sweep_runs = bench_spec(task, methods, ranks, target_sets, seeds, profile, list(overrides or []), configs,
                                   bench_dir, resources)
     sweep_dir = run_sweep(spec, out=out, backend=backend, ray_address=ray_address, echo=say, runs=sweep_runs,
