@@ -303,13 +303,12 @@ def expand(spec: SweepSpec, out: str | Path, name_points: bool = True) -> list[S
     for values in itertools.product(*(spec.axes[k] for k in keys)):
         point = dict(zip(keys, values))
         try:
-            method_name = str(point.get("method", spec.fixed.get("method", TrainConfig.method)))
-            method = get_method(method_name)
+            settings = {**spec.fixed, **point, "out": str(out)}
+            # the point's method (the preset may set it too) decides its by_method settings and whether rank applies
+            method = get_method(load_config(spec.preset, settings, validate_config=False).method)
             settings = {**spec.fixed, **_by_method(spec, method.name), **point, "out": str(out)}
             if "rank" in point and not getattr(method, "low_rank", False):
-                settings.pop("rank")
-                if "rank" in spec.fixed:
-                    settings["rank"] = spec.fixed["rank"]
+                settings.pop("rank")  # (rank cannot also be fixed: parse_spec refuses a key in both)
             cfg = load_config(spec.preset, settings)
         except PeftlabError as err:
             if not name_points:  # a command's own flags built the grid: its error needs no spec context
