@@ -163,7 +163,7 @@ def run_study(
     study_dir = study_dir_for(plan)
     stage(f"train {len(runs)} run(s) ({backend} backend)")
     sweep_dir = run_sweep(spec, out=out, backend=backend, ray_address=ray_address, echo=say, runs=runs,
-                          sweep_dir=study_dir / "sweep")
+                          sweep_dir=study_dir / "sweep", check_inputs=True)
     raise_for_failures(sweep_dir, "study")
     seconds = read_outcomes(sweep_dir)
     run_dirs: list[Path] = [run.run_dir for run in runs]

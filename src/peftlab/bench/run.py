@@ -107,7 +107,7 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
     spec, sweep_runs = bench_spec(task, methods, ranks, target_sets, seeds, profile, list(overrides or []), configs,
                                   bench_dir, resources)
     sweep_dir = run_sweep(spec, out=out, backend=backend, ray_address=ray_address, echo=say, runs=sweep_runs,
-                          sweep_dir=bench_dir / "sweep", isolate=isolate)
+                          sweep_dir=bench_dir / "sweep", isolate=isolate, check_inputs=True)
     raise_for_failures(sweep_dir, "bench")
     runs, first_run = [], {}
     for i, (cell, cfg) in enumerate(configs, 1):

@@ -86,6 +86,7 @@ def register(app: typer.Typer) -> None:
         root = out or "outputs"
         runs = expand(spec, root, name_points=False)  # a bad signal or key is its own one-line error
         sweep_dir = run_sweep(spec, out=root, backend=backend, ray_address=ray_address, runs=runs, force=force,
+                              check_inputs=True,
                               echo=lambda line: typer.echo(line, err=True))
         raise_for_failures(sweep_dir, "adalora run")
         for run in runs:

@@ -56,6 +56,46 @@ def sweep_dir_for(spec: SweepSpec, out: str | Path) -> Path:
     return safe_output_path(out, "SWEEP", spec.name)
 
 
+def check_shared_inputs(runs: list[SweepRun]) -> None:
+    """Fail with the run's own one-line error, before anything is written, when an input every run of a command
+    shares is missing: each (task, data dir)'s train and dev splits load, each model's config loads.
+
+    For `study` / `bench` / `adalora run`, whose runs all share these inputs: without the check a missing data
+    dir would fail every run one by one and leave sweep tables behind. (`peftlab sweep` records such failures
+    per run instead: its grid may vary the model or data on purpose.)"""
+    from peftlab.runs import is_finished
+    from peftlab.tasks import get_task, load_split
+
+    seen_data, seen_models = set(), set()
+    for run in runs:
+        cfg = run.cfg
+        if is_finished(run.run_dir):
+            continue  # skipped: needs nothing
+        task = get_task(cfg.task)
+        if (task.name, cfg.data_dir) not in seen_data:
+            seen_data.add((task.name, cfg.data_dir))
+            for split in ("train", "dev"):
+                load_split(task, split, cfg.data_dir)
+        if cfg.model not in seen_models:
+            seen_models.add(cfg.model)
+            _check_model(cfg.model)
+
+
+def _check_model(model: str | None) -> None:
+    """The model's config loads (the same check as the training loop's preflight)."""
+    from transformers import AutoConfig
+
+    from peftlab.models import resolve_model
+
+    path = resolve_model(model)
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PeftlabError(f"'{path}' is not a loadable Hugging Face model ({first}); pass --model a model "
+                           f"directory or Hub id") from None
+
+
 def plan_lines(spec: SweepSpec, runs: list[SweepRun], states: list[str]) -> list[str]:
     """What `peftlab sweep` prints before it starts."""
     n_grid = grid_size(spec)
@@ -79,14 +119,15 @@ def plan_lines(spec: SweepSpec, runs: list[SweepRun], states: list[str]) -> list
 def run_sweep(spec: SweepSpec, out: str | Path = "outputs", backend: str = "local", dry_run: bool = False,
               fail_fast: bool = False, ray_address: str | None = None, echo=print, *,
               runs: list[SweepRun] | None = None, sweep_dir: str | Path | None = None, isolate: bool = False,
-              force: bool = False) -> Path | None:
+              force: bool = False, check_inputs: bool = False) -> Path | None:
     """Expand `spec`, print the plan, run it on `backend`, write sweep.csv/json; returns the sweep dir
     (None for a dry run, which writes nothing).
 
     For commands that build their own grid (`peftlab bench`): `runs` replaces `expand(spec, out)` and
     `sweep_dir` replaces `<out>/SWEEP/<name>`. `isolate`: every run in a fresh process (local: a spawned
     child; ray: no actor reuse), so per-run peak memory is that run's own. `force`: re-train finished runs
-    (local backend only; `train_run(force=True)`).
+    (local backend only; `train_run(force=True)`). `check_inputs`: `check_shared_inputs` before anything is
+    written (commands whose runs all share their data and model).
     """
     if backend not in BACKENDS:
         raise PeftlabError(f"unknown sweep backend '{backend}'; choose {' or '.join(BACKENDS)}")
@@ -116,6 +157,8 @@ def run_sweep(spec: SweepSpec, out: str | Path = "outputs", backend: str = "loca
         from peftlab.sweep.ray_backend import require_ray
 
         require_ray()  # a missing extra fails before any run starts
+    if check_inputs:
+        check_shared_inputs(runs)
     # ASHA's decision from an earlier run of this sweep stands (see module docstring)
     carried = {str(r.run_dir): {"status": STOPPED_EARLY, "error": None, "seconds": 0.0}
                for r, state in zip(runs, states) if state == "stopped"}
