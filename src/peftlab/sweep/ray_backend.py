@@ -112,8 +112,9 @@ def check_shared_storage(ray, directory: Path) -> list[str]:
 
 def tune_report_callback(metric: str, main_metric: str):
     """A TrainerCallback reporting `{epoch, <metric>, step}` to Tune at each evaluation during training (not at
-    the last optimizer step, whose run is as good as finished, nor the final re-evaluation of it). When ASHA stops the trial, Tune ends it inside `tune.report` (SystemExit
-    in the trial's thread), which unwinds `train_run` like an interruption."""
+    the last optimizer step, whose run is as good as finished, nor the final re-evaluation of it). When ASHA
+    stops the trial, Tune ends it inside `tune.report` (SystemExit in the trial's thread), which unwinds
+    `train_run` like an interruption."""
     from ray import tune
     from transformers import TrainerCallback
 
