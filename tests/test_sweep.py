@@ -88,7 +88,7 @@ def test_non_identity_axes_get_their_own_output_root_and_ignored_settings_merge(
     ({"name": "../x", "axes": {"seed": [1]}}, "name '../x' is not a plain name"),
     ({"name": "x", "axis": {"seed": [1]}}, "unknown top-level key 'axis'"),
     ({"name": "x", "axes": {"seed": [1]}, "resources": {"max_concurrent": 0}}, "resources.max_concurrent must be"),
-    ({"name": "x", "axes": {"lr": [1e-4]}, "search": "asha"}, "search 'asha' is not available"),
+    ({"name": "x", "axes": {"lr": [1e-4]}, "search": "bayes"}, "search 'bayes' is not available; choose grid or asha"),
 ])
 def test_invalid_specs_fail_with_one_line_naming_the_problem(tmp_path, data, message):
     with pytest.raises(PeftlabError) as err:
@@ -155,7 +155,8 @@ def test_local_sweep_writes_train_run_dirs_and_tables(local_sweep, tiny_inputs):
         assert float(row["train_s"]) == fm["timing"]["train_s"]
     assert int(rows[2]["trainable_params"]) < int(rows[0]["trainable_params"])  # LoRA trains fewer than FFT
     meta = read_json(sweep_dir / "sweep.json")
-    assert meta["complete"] is True and meta["counts"] == {"finished": 4, "skipped": 0, "failed": 0, "not run": 0}
+    assert meta["complete"] is True and meta["counts"] == {"finished": 4, "skipped": 0, "failed": 0, "stopped_early": 0,
+                                                         "not run": 0}
     assert meta["spec"]["axes"] == {"method": ["fft", "lora"], "seed": [1, 2]} and meta["failures"] == []
     assert meta["versions"]["torch"] and meta["started"] <= meta["ended"]
 
@@ -280,3 +281,88 @@ def test_shared_storage_check_runs_on_every_node(tmp_path):
             ray.shutdown()
     assert len(nodes) == 1
     assert list((tmp_path / "out").iterdir()) == []
+
+
+# ---------------------------------------------------------------- ASHA (learning-rate searches only)
+
+
+def asha_dict(tiny_inputs, lrs=(3e-3, 1e-7), **extra) -> dict:
+    fixed = {**TINY, **tiny_inputs, "method": "fft", "epochs": 2, "max_train_samples": 128, "max_eval_samples": 16,
+             "warmup_ratio": 0.0, "lr_scheduler": "constant", "save_steps": 100}
+    return {"name": "lrs", "fixed": fixed, "axes": {"lr": list(lrs)}, "search": "asha",
+            "asha": {"grace_period": 1, "reduction_factor": 2}, "resources": {"cpus_per_run": 1, "max_concurrent": 1},
+            **extra}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"axes": {"rank": [4, 8]}}, "search: asha is only for learning-rate searches (the one axis must be "
+                                            "lr), got axes rank; early stopping would bias a factorial comparison"),
+    ({"axes": {"lr": [1e-3], "seed": [1, 2]}}, "got axes lr, seed"),
+    ({"asha": {"grace_period": 0}}, "asha.grace_period must be a whole number of epochs >= 1"),
+    ({"asha": {"reduction_factor": 1}}, "asha.reduction_factor must be > 1"),
+    ({"asha": {"grace": 1}}, "unknown asha key 'grace'"),
+    ({"search": "grid"}, "'asha' settings need search: asha"),
+])
+def test_asha_is_refused_outside_a_learning_rate_search(tiny_inputs, change, message):
+    with pytest.raises(PeftlabError) as err:
+        parse_spec({**asha_dict(tiny_inputs), **change})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_asha_needs_ray_and_evaluations_during_training(tmp_path, tiny_inputs):
+    with pytest.raises(PeftlabError, match=r"^search: asha needs the ray backend .*pass --backend ray"):
+        run_sweep(parse_spec(asha_dict(tiny_inputs)), out=tmp_path, backend="local", echo=lambda _: None)
+    lines: list[str] = []
+    assert run_sweep(parse_spec(asha_dict(tiny_inputs)), out=tmp_path, dry_run=True, echo=lines.append) is None
+    assert "search asha: grace_period 1 epoch(s), reduction_factor 2" in lines[2]
+    one_epoch = asha_dict(tiny_inputs)
+    one_epoch["fixed"]["epochs"] = 1  # its only evaluation is at the end: nothing for ASHA to act on
+    with pytest.raises(PeftlabError, match="epochs > asha.grace_period"):
+        run_sweep(parse_spec(one_epoch), out=tmp_path, backend="ray", echo=lambda _: None)
+    assert not (tmp_path / "SWEEP").exists()
+
+
+@pytest.fixture(scope="module")
+def keyword_rte(tmp_path_factory) -> str:
+    """RTE-layout rows whose label word fills the sentences: the tiny model reaches dev accuracy 1.0 within one
+    epoch (16 steps) at lr 3e-3 and stays at chance (0.5) at lr 1e-7."""
+    from peftlab.testing import GENERATED_WORDS
+
+    root = tmp_path_factory.mktemp("keyword_rte")
+    labels = ("entailment", "not_entailment")
+    for split, n_rows in (("train", 128), ("dev", 16)):
+        lines = ["index\tsentence1\tsentence2\tlabel\n"]
+        for i in range(n_rows):
+            cue = "yes" if i % 2 == 0 else "no"
+            words = " ".join(GENERATED_WORDS[(i * 7 + k) % len(GENERATED_WORDS)] for k in range(4))
+            lines.append(f"{i}\t{(cue + ' ') * 6}{words}.\t{cue} {cue}.\t{labels[i % 2]}\n")
+        path = root / "glue" / "RTE" / f"{split}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(lines), encoding="utf-8")
+    return str(root)
+
+
+@pytest.mark.skipif(_ray_missing() is not None, reason=str(_ray_missing()))
+def test_asha_stops_the_bad_learning_rate_and_says_so(tmp_path, tiny_inputs, keyword_rte):
+    from peftlab.runs import read_final_metrics
+
+    spec = parse_spec(asha_dict({**tiny_inputs, "data_dir": keyword_rte}))
+    lines: list[str] = []
+    sweep_dir = run_sweep(spec, out=tmp_path, backend="ray", echo=lines.append)
+    rows = read_csv(sweep_dir / "sweep.csv")
+    # FIFO, one at a time: lr 3e-3 reaches epoch 1 first; lr 1e-7 then scores below it there and is stopped
+    assert [(r["lr"], r["status"]) for r in rows] == [("0.003", "finished"), ("1e-07", "stopped_early")]
+    good, bad = rows
+    assert is_finished(good["run_dir"]) and not is_finished(bad["run_dir"]) and bad["dev_accuracy"] == ""
+    assert bad["stopped_epoch"] == "1" and float(bad["stopped_score"]) < read_final_metrics(good["run_dir"])["score"]
+    meta = read_json(sweep_dir / "sweep.json")
+    assert meta["counts"]["stopped_early"] == 1 and meta["counts"]["failed"] == 0
+    assert meta["stopped_early"] == [bad["run_dir"]] and meta["failures"] == []
+    assert meta["asha"] == {"metric": "dev_accuracy", "main_metric": "accuracy", "mode": "max", "time_attr": "epoch",
+                            "max_t": 2, "grace_period": 1, "reduction_factor": 2.0}
+    assert any("lr=1e-07: stopped early by ASHA after epoch 1" in line for line in lines)
+    # a re-run keeps ASHA's decision: nothing to train, so Ray is not even started
+    lines = []
+    run_sweep(spec, out=tmp_path, backend="ray", echo=lines.append)
+    assert lines[1] == "  done 1, stopped early before 1, to resume 0, to do 0"
+    assert [r["status"] for r in read_csv(sweep_dir / "sweep.csv")] == ["skipped", "stopped_early"]

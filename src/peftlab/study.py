@@ -63,30 +63,42 @@ class StudyPlan:
         return f"{self.profile}_{'-'.join(self.methods)}_s{seeds}_r{ranks}"
 
 
-def _configs(plan: StudyPlan):
-    """One TrainConfig per (method, seed, rank); full-rank methods ignore `ranks`."""
-    from peftlab.config import load_config
-    from peftlab.methods import get_method
+# A study's own grid keys and the flag that sets each (a key=value override may not replace them).
+STUDY_GRID_FLAGS = {"task": "--task", "method": "--methods", "seed": "--seeds", "rank": "--ranks", "out": "--out"}
 
-    settings = profile_settings(plan.profile, plan.task)
-    preset = settings["preset"]
-    configs = []
-    for method_name in plan.methods:
-        method = get_method(method_name)
-        ranks = plan.ranks if method.low_rank else [None]
-        for seed in plan.seeds:
-            for rank in ranks:
-                overrides = [f"task={plan.task}", f"method={method.name}", f"seed={seed}", f"out={plan.out}"]
-                if rank is not None:
-                    overrides.append(f"rank={rank}")
-                if plan.model:
-                    overrides.append(f"model={plan.model}")
-                if plan.data_dir:
-                    overrides.append(f"data_dir={plan.data_dir}")
-                if method.name in settings["lr"]:
-                    overrides.append(f"lr={settings['lr'][method.name]}")
-                configs.append(load_config(preset, overrides + list(plan.overrides)))
-    return configs
+
+def study_spec(plan: StudyPlan, settings: dict, resources=None):
+    """The study's training grid as a sweep spec: axes method × seed × rank (full-rank methods ignore rank),
+    preset = the profile's chain, fixed = task, model, data dir and the user's overrides, by_method = the
+    profile's per-method lr (dropped when the user sets lr)."""
+    from peftlab.methods import get_method
+    from peftlab.sweep.spec import Resources, grid_overrides, parse_spec
+
+    user = grid_overrides(plan.overrides, STUDY_GRID_FLAGS, "study")
+    fixed = {"task": plan.task, **({"model": plan.model} if plan.model else {}),
+             **({"data_dir": plan.data_dir} if plan.data_dir else {}), **user}
+    methods = [get_method(m).name for m in plan.methods]
+    lrs = {} if "lr" in user else settings["lr"]
+    axes = {"method": methods, "seed": list(plan.seeds)}
+    if plan.ranks:
+        axes["rank"] = list(plan.ranks)
+    spec = parse_spec({"name": f"study_{plan.name}", "preset": settings["preset"], "fixed": fixed, "axes": axes,
+                       "by_method": {m: {"lr": lr} for m, lr in lrs.items() if m in methods},
+                       "description": f"peftlab study --task {plan.task} --profile {plan.profile}"})
+    spec.resources = resources or Resources()
+    return spec
+
+
+def _configs(plan: StudyPlan):
+    """One TrainConfig per (method, seed, rank) of the study's sweep spec; full-rank methods ignore `ranks`."""
+    from peftlab.sweep.spec import expand
+
+    spec = study_spec(plan, profile_settings(plan.profile, plan.task))
+    return [run.cfg for run in expand(spec, plan.out, name_points=False)]
+
+
+def study_dir_for(plan: StudyPlan) -> Path:
+    return Path(plan.out) / "STUDY" / plan.task / plan.name
 
 
 def run_study(
@@ -102,9 +114,15 @@ def run_study(
     console=None,
     subset_size: int | None = None,
     progress: bool = True,
+    backend: str = "local",
+    ray_address: str | None = None,
+    resources=None,
 ) -> Path:
     """Run every stage of a study and write `outputs/STUDY/<TASK>/<name>/report.html`; returns its path.
 
+    Training is a sweep (`study_spec`) on `backend` (local | ray, `ray_address` to join a cluster) with
+    `resources` (`sweep.spec.Resources`; default `command_resources(backend)`: one run at a time), summarised in
+    `<study dir>/sweep/sweep.{csv,json}`; measuring and analysing then run here, run by run.
     `subset_size` overrides the profile's evaluation subset (tests use tiny data); `progress` shows the
     per-step progress bars.
     """
@@ -113,8 +131,9 @@ def run_study(
     from peftlab.analysis.report import study_report
     from peftlab.heads.measure import measure_run
     from peftlab.io import atomic_write_json
+    from peftlab.sweep.runner import raise_for_failures, read_outcomes, run_sweep
+    from peftlab.sweep.spec import expand
     from peftlab.tasks import get_task
-    from peftlab.train import train_run
 
     if not methods:
         raise PeftlabError("no methods given; pass e.g. --methods fft,lora")
@@ -128,24 +147,33 @@ def run_study(
     if subset_size is not None:
         settings["subset_size"] = int(subset_size)
     say = console.print if console is not None else print
-    configs = _configs(plan)
+    if resources is None:  # torch's own thread count locally, as a study always trained
+        from peftlab.sweep.spec import command_resources
+
+        resources = command_resources(backend)
+    spec = study_spec(plan, settings, resources)
+    runs = expand(spec, out, name_points=False)  # every config validated before anything trains
+    configs = [run.cfg for run in runs]
     stage_seconds: dict[str, float] = {}
 
     def stage(label: str):
         say(f"[bold]{label}[/bold]" if console is not None else label)
         return time.perf_counter()
 
-    run_dirs: list[Path] = []
-    for i, cfg in enumerate(configs, 1):
-        t0 = stage(f"[{i}/{len(configs)}] train {cfg.method} seed={cfg.seed} rank={cfg.rank}")
-        run_dir = train_run(cfg)
-        stage_seconds[f"train:{run_dir.name}:{cfg.method}"] = time.perf_counter() - t0
+    study_dir = study_dir_for(plan)
+    stage(f"train {len(runs)} run(s) ({backend} backend)")
+    sweep_dir = run_sweep(spec, out=out, backend=backend, ray_address=ray_address, echo=say, runs=runs,
+                          sweep_dir=study_dir / "sweep", check_inputs=True)
+    raise_for_failures(sweep_dir, "study")
+    seconds = read_outcomes(sweep_dir)
+    run_dirs: list[Path] = [run.run_dir for run in runs]
+    for i, (cfg, run_dir) in enumerate(zip(configs, run_dirs), 1):
+        stage_seconds[f"train:{run_dir.name}:{cfg.method}"] = seconds.get(str(run_dir)) or 0.0
         t0 = stage(f"[{i}/{len(configs)}] measure {run_dir}")
         measure_run(run_dir, importance=settings["importance"], subset_size=settings["subset_size"],
                     console=console, progress=progress)
         stage_seconds[f"measure:{run_dir.name}:{cfg.method}"] = time.perf_counter() - t0
         analyze_run(run_dir)
-        run_dirs.append(run_dir)
 
     # Compare every pair of methods for each seed (and each rank of the low-rank ones).
     compare_dirs: list[Path] = []
@@ -179,12 +207,12 @@ def run_study(
         stage("compare ranks")
         ranks_dir = compare_ranks(plan.task, plan.seeds[0], plan.ranks, out=out, method=low_rank.dir_name)
 
-    study_dir = Path(out) / "STUDY" / plan.task / plan.name
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(study_dir / "study.json", {
         "task": plan.task, "methods": plan.methods, "seeds": plan.seeds, "ranks": plan.ranks,
         "profile": profile, "settings": settings, "runs": [str(p) for p in run_dirs],
         "compare": [str(p) for p in compare_dirs], "stage_seconds": stage_seconds,
+        "backend": backend, "sweep": str(sweep_dir),
     })
     report = study_report(study_dir, run_dirs, compare_dirs, aggregate_dir=aggregate_dir, ranks_dir=ranks_dir)
     return Path(report)

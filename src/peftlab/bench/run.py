@@ -1,5 +1,6 @@
-"""`run_bench`: train every (cell, seed) through `train_run` (finished runs skipped), time inference, write
-`<out>/BENCH/<TASK>/<name>/` = runs/, runs.csv, bench.csv, bench.md, bench.json, figures/."""
+"""`run_bench`: train every (cell, seed) as a sweep (local or Ray; finished runs skipped), time inference, write
+`<out>/BENCH/<TASK>/<name>/` = runs/, sweep/ (sweep.csv, sweep.json), runs.csv, bench.csv, bench.md, bench.json,
+figures/."""
 
 from __future__ import annotations
 
@@ -39,16 +40,52 @@ def plan(task: str, methods: list[str], ranks: list[int], target_sets: list[str]
     return bench_dir, configs
 
 
+# The bench grid's own keys and the flag that sets each; overrides of them are dropped (the grid wins).
+BENCH_GRID_KEYS = ("method", "seed", "rank", "adapter_bottleneck", "targets", "out")
+
+
+def bench_spec(task: str, methods: list[str], ranks: list[int], target_sets: list[str], seeds: list[int],
+               profile: str, overrides: list[str], configs: list, bench_dir: Path, resources=None):
+    """(SweepSpec, [SweepRun]) of the bench grid. The spec names the axes (method × rank × targets × seed; a
+    method without rank/targets ignores them) and the fixed settings; the runs are `plan()`'s configs, because
+    the bench expands its grid itself: every cell owns the run root `<bench>/runs/<cell label>/` and the adapter's
+    rank axis is its bottleneck."""
+    from peftlab.config import parse_overrides
+    from peftlab.runs import run_dir_for
+    from peftlab.sweep.spec import Resources, SweepRun, parse_spec
+
+    fixed = {"task": task, **{k: v for k, v in parse_overrides(overrides).items()
+                              if k.replace("-", "_") not in BENCH_GRID_KEYS}}
+    axes: dict[str, list] = {"method": list(dict.fromkeys(methods))}
+    if ranks:
+        axes["rank"] = list(dict.fromkeys(ranks))
+    axes["targets"] = list(dict.fromkeys(target_sets or ["q,k,v,o"]))
+    axes["seed"] = list(dict.fromkeys(seeds))
+    spec = parse_spec({"name": f"bench_{bench_dir.name}", "preset": profile, "fixed": fixed, "axes": axes,
+                       "description": f"peftlab bench --task {task} ({bench_dir})"})
+    spec.expanded_by = "peftlab bench: one run root per cell, <bench>/runs/<cell label>/ (bench/grid.py)"
+    spec.resources = resources or Resources()
+    runs = []
+    for cell, cfg in configs:
+        point = {"method": cell.method, **({"rank": cell.rank} if cell.rank is not None else {}),
+                 **({"targets": cell.targets_label} if cell.targets else {}), "seed": cfg.seed}
+        runs.append(SweepRun(axes=point, cfg=cfg, run_dir=run_dir_for(cfg)))
+    return spec, runs
+
+
 def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list[str], seeds: list[int],
               profile: str = "quick", out: str = "outputs", overrides: list[str] | None = None,
               name: str | None = None, latency_iters: int = 20, latency_warmup: int = 3,
               latency_batches: tuple[int, ...] = (1, 8), figures: bool = True, isolate: bool = True,
-              save_matrices: bool = False, console=None) -> Path:
+              save_matrices: bool = False, console=None, backend: str = "local", ray_address: str | None = None,
+              resources=None) -> Path:
     """Run the benchmark grid and write its tables and figures; returns the bench directory.
 
-    `isolate`: train each run in a fresh process, so its peak memory (CPU peak RSS / CUDA max allocated,
-    both counted since process start) belongs to that run alone; without it, later runs report the
-    running maximum of the whole bench (bench.md then says so).
+    Training is a sweep (`bench_spec`) on `backend` (local | ray; `ray_address` joins a cluster) with
+    `resources` (default one run at a time), summarised in `<bench>/sweep/sweep.{csv,json}`.
+    `isolate`: train each run in a fresh process (local: a spawned child; Ray: no actor reuse), so its peak
+    memory (CPU peak RSS / CUDA max allocated, both counted since process start) belongs to that run alone;
+    without it, later runs report the running maximum of their process (bench.md then says so).
     """
     from peftlab.bench.table import RUN_COLUMNS, CELL_COLUMNS, cell_rows, latency_columns, to_csv, to_markdown
     from peftlab.io import atomic_write_json, atomic_write_text
@@ -59,12 +96,23 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
         raise PeftlabError(f"--latency-iters must be >= 1 and --latency-warmup >= 0, got {latency_iters} and "
                            f"{latency_warmup}")
     say = console.print if console is not None else (lambda *a, **k: None)
+    from peftlab.runs import run_dir_for
+    from peftlab.sweep.runner import raise_for_failures, run_sweep
+
     bench_dir, configs = plan(task, methods, ranks, target_sets, seeds, profile, out, list(overrides or []), name)
+    if resources is None:  # torch's own thread count locally, as the bench always trained
+        from peftlab.sweep.spec import command_resources
+
+        resources = command_resources(backend)
+    spec, sweep_runs = bench_spec(task, methods, ranks, target_sets, seeds, profile, list(overrides or []), configs,
+                                  bench_dir, resources)
+    sweep_dir = run_sweep(spec, out=out, backend=backend, ray_address=ray_address, echo=say, runs=sweep_runs,
+                          sweep_dir=bench_dir / "sweep", isolate=isolate, check_inputs=True)
+    raise_for_failures(sweep_dir, "bench")
     runs, first_run = [], {}
     for i, (cell, cfg) in enumerate(configs, 1):
-        say(f"[{i}/{len(configs)}] {cell.label} seed {cfg.seed}")
-        run_dir = _train(cfg, isolate)
-        say(f"  {summary_line(run_dir)}")
+        run_dir = run_dir_for(cfg)
+        say(f"[{i}/{len(configs)}] {cell.label} seed {cfg.seed}: {summary_line(run_dir)}")
         final = read_final_metrics(run_dir) or {}
         runs.append({"cell": cell.label, "method": cell.method, "rank": cell.rank, "targets": cell.targets_label,
                      "seed": cfg.seed, "metric": final.get("main_metric"), "score": final.get("score"),
@@ -88,10 +136,10 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
         "seeds": list(dict.fromkeys(seeds)), "methods": list(dict.fromkeys(c.method for c, _ in configs)),
         "ranks": list(ranks), "target_sets": sorted({c.targets_label for c, _ in configs if c.targets}),
         "overrides": list(overrides or []), "fft_params": fft_params, **meta_latency,
-        "isolated_runs": isolate, "save_matrices": save_matrices,
+        "isolated_runs": isolate, "save_matrices": save_matrices, "backend": backend, "sweep": str(sweep_dir),
         "peak_memory_note": ("each run trained in its own process: peak memory is per run" if isolate else
-                             "runs shared one process: peak memory is the running maximum since the bench "
-                             "started, not a per-method figure"),
+                             "runs shared one process (Ray: one worker per concurrent trial): peak memory is the "
+                             "running maximum since that process started, not a per-method figure"),
         "score_uncertainty": "score_std = sample std over seeds (ddof 1); empty with one seed",
         "best_rank_rule": "highest score_mean per (method, targets); ties -> fewer trainable params",
     }
@@ -108,25 +156,13 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
     return bench_dir
 
 
-def _train_in_child(cfg) -> str:
-    """Module-level (picklable) body of an isolated training process."""
-    from peftlab.train import train_run
-
-    return str(train_run(cfg))
-
-
 def _train(cfg, isolate: bool) -> Path:
-    """`train_run(cfg)`, in a fresh spawned process when `isolate` (finished runs are skipped without one)."""
-    from peftlab.runs import is_finished, run_dir_for
+    """`train_run(cfg)`, in a fresh spawned process when `isolate` (kept for callers; the bench itself trains
+    through the sweep runner, which does the same)."""
+    from peftlab.sweep.local import train_isolated
     from peftlab.train import train_run
 
-    if not isolate or is_finished(run_dir_for(cfg)):
-        return train_run(cfg)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return Path(pool.submit(_train_in_child, cfg).result())  # a PeftlabError in the child is re-raised here
+    return Path(train_isolated(cfg)) if isolate else train_run(cfg)
 
 
 def _latency(first_run: dict, iters: int, warmup: int, batches: list[int], say) -> tuple[dict, int, dict]:

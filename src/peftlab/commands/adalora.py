@@ -4,11 +4,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Optional
+
 import typer
+
+from peftlab.commands import backend_options as bo
+from peftlab.commands.analysis import int_values, split_values
 
 SIGNAL_HELP = "Rank-allocation signal: baseline_adalora | importance_only | plasticity_only | combo."
 # AdaLoRA's default targets: every attention and FFN matrix (TrainConfig's shared default is q,k,v,o)
 ADALORA_DEFAULTS = ["method=adalora", "targets=q,k,v,o,ffn_in,ffn_out"]
+
+
+# `adalora run`'s own grid keys and the flag that sets each (a key=value override may not replace them).
+ADALORA_GRID_FLAGS = {"signal": "--signal", "seed": "--seed", "task": "--task", "out": "--out"}
+
+
+def adalora_spec(task: str, signals: list[str], seeds: list[int], config: str | None, overrides: list[str],
+                 resources=None):
+    """The sweep spec of `adalora run`: axes signal × seed; fixed = AdaLoRA's defaults, the task, the overrides;
+    preset = --config. Run dirs are the usual <out>/ADALORA/<TASK>/<signal>/seed<S>/ (signal is a run-dir key)."""
+    from peftlab.config import parse_overrides
+    from peftlab.errors import PeftlabError
+    from peftlab.sweep.spec import Resources, grid_overrides, parse_spec
+
+    if not signals or not seeds:
+        raise PeftlabError("adalora run needs at least one --signal and one --seed")
+    fixed = {**parse_overrides(ADALORA_DEFAULTS), "task": task,
+             **grid_overrides(overrides, ADALORA_GRID_FLAGS, "adalora run")}
+    seeds = list(dict.fromkeys(seeds))
+    name = f"adalora_{task}_{'-'.join(signals)}_s{'-'.join(map(str, seeds))}"
+    spec = parse_spec({"name": name if len(name) <= 100 else name[:100], "preset": config, "fixed": fixed,
+                       "axes": {"signal": list(dict.fromkeys(signals)), "seed": seeds},
+                       "description": "peftlab adalora run"})
+    spec.resources = resources or Resources()
+    return spec
 
 
 def register(app: typer.Typer) -> None:
@@ -20,21 +50,48 @@ def register(app: typer.Typer) -> None:
         overrides: list[str] = typer.Argument(None, metavar="[KEY=VALUE]...",
                                               help="Config overrides, e.g. init_r=12 target_r=4 tinit=0.1."),
         task: str = typer.Option("RTE", "--task"),
-        signal: str = typer.Option("baseline_adalora", "--signal", help=SIGNAL_HELP),
-        seed: int = typer.Option(1, "--seed"),
+        signals: Optional[list[str]] = typer.Option(None, "--signal", "--signals",
+                                                     help=SIGNAL_HELP + " One or more: --signal combo --signal "
+                                                     "importance_only, or comma-separated. [default: baseline_adalora]"),
+        seeds: Optional[list[str]] = typer.Option(None, "--seed", "--seeds", help="One or more seeds: --seed 1 "
+                                                  "--seed 2, or 1,2,3. [default: 1]"),
         config: str = typer.Option(None, "--config", help="Preset name(s) from configs/ (e.g. rte,quick)."),
         out: str = typer.Option(None, "--out", help="Output root (default: outputs)."),
-        force: bool = typer.Option(False, "--force", help="Re-run a finished run."),
+        force: bool = typer.Option(False, "--force", help="Re-run finished runs (local backend)."),
+        backend: str = bo.BACKEND,
+        ray_address: Optional[str] = bo.RAY_ADDRESS,
+        max_concurrent: int = bo.MAX_CONCURRENT,
+        cpus_per_run: Optional[float] = bo.CPUS_PER_RUN,
     ) -> None:
-        """Train one AdaLoRA run into <out>/ADALORA/<TASK>/<signal>/seed<S>/ (targets default to all six matrices)."""
-        from peftlab.config import load_config
-        from peftlab.train import summary_line, train_run
+        """Train AdaLoRA runs (signals × seeds, a sweep: local or Ray) into <out>/ADALORA/<TASK>/<signal>/seed<S>/
+        (targets default to all six matrices); prints each run dir and its summary."""
+        from peftlab.sweep.runner import raise_for_failures, run_sweep
+        from peftlab.sweep.spec import expand
+        from peftlab.train import summary_line
 
-        given = [f"task={task}", f"signal={signal}", f"seed={seed}"] + ([f"out={out}"] if out else [])
-        cfg = load_config(config, ADALORA_DEFAULTS + given + list(overrides or []))
-        run_dir = train_run(cfg, force=force)
-        typer.echo(str(run_dir))
-        typer.echo(summary_line(run_dir))
+        overrides = list(overrides or [])
+        # a single seed=/signal= override stands for the flag (as before the grid): it sets that axis
+        for values, key in ((seeds, "seed"), (signals, "signal")):
+            given = [o for o in overrides if o.split("=", 1)[0].strip() == key]
+            if given and not values:
+                overrides = [o for o in overrides if o not in given]
+                values = [given[-1].split("=", 1)[1]]
+                if key == "seed":
+                    seeds = values
+                else:
+                    signals = values
+        spec = adalora_spec(task, split_values(signals or ["baseline_adalora"]),
+                            int_values(seeds or ["1"], "--seed"), config, overrides,
+                            bo.resources(backend, max_concurrent, cpus_per_run))
+        root = out or "outputs"
+        runs = expand(spec, root, name_points=False)  # a bad signal or key is its own one-line error
+        sweep_dir = run_sweep(spec, out=root, backend=backend, ray_address=ray_address, runs=runs, force=force,
+                              check_inputs=True,
+                              echo=lambda line: typer.echo(line, err=True))
+        raise_for_failures(sweep_dir, "adalora run")
+        for run in runs:
+            typer.echo(str(run.run_dir))
+            typer.echo(summary_line(run.run_dir))
 
     @adalora.command("compare")
     def compare_command(

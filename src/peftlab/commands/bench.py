@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from peftlab.commands import backend_options as bo
 from peftlab.commands.analysis import int_values, split_values
 
 
@@ -26,7 +27,12 @@ def register(app: typer.Typer) -> None:
         latency_iters: int = typer.Option(20, "--latency-iters", help="Timed forward passes per latency (median)."),
         latency_warmup: int = typer.Option(3, "--latency-warmup", help="Untimed forward passes first."),
         isolate: bool = typer.Option(True, "--isolate/--no-isolate", help="Train each run in its own process "
-                                     "(per-run peak memory); --no-isolate is faster but reports a running maximum."),
+                                     "(per-run peak memory; Ray: a fresh worker per trial); --no-isolate is faster "
+                                     "but reports a running maximum."),
+        backend: str = bo.BACKEND,
+        ray_address: Optional[str] = bo.RAY_ADDRESS,
+        max_concurrent: int = bo.MAX_CONCURRENT,
+        cpus_per_run: Optional[float] = bo.CPUS_PER_RUN,
         save_matrices: bool = typer.Option(False, "--save-matrices", help="Also write each run's ΔW per adapted "
                                            "module (fp32 safetensors) and a CSV of Frobenius norm, spectral norm and "
                                            "effective rank under <bench>/matrices/."),
@@ -35,8 +41,9 @@ def register(app: typer.Typer) -> None:
                                                         "keys (method, seed, rank, adapter_bottleneck, targets, out) "
                                                         "win."),
     ) -> None:
-        """Train every method × rank × targets × seed (finished runs skipped), then write bench.csv, bench.md and
-        figures: score ± std over seeds, trainable params, % of FFT, train time, peak memory, latency."""
+        """Train every method × rank × targets × seed as a sweep (local or Ray; finished runs skipped), then write
+        bench.csv, bench.md and figures: score ± std over seeds, trainable params, % of FFT, train time, peak memory,
+        latency (measured here, after training)."""
         from rich.console import Console
 
         from peftlab.bench.run import run_bench
@@ -45,5 +52,6 @@ def register(app: typer.Typer) -> None:
         bench_dir = run_bench(task, split_values(methods), int_values(ranks, "--ranks"), list(targets or []),
                               int_values(seeds, "--seeds"), profile, out, list(overrides or []), name,
                               latency_iters, latency_warmup, isolate=isolate,
-                              save_matrices=save_matrices, console=console)
+                              save_matrices=save_matrices, console=console, backend=backend,
+                              ray_address=ray_address, resources=bo.resources(backend, max_concurrent, cpus_per_run))
         typer.echo(str(bench_dir / "bench.md"))

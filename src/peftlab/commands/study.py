@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 
+from peftlab.commands import backend_options as bo
 from peftlab.commands.analysis import int_values, split_values
 
 
@@ -20,11 +21,17 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, help="Model dir or Hub id; default: packaged all-MiniLM-L6-v2."),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data root (else $PEFTLAB_DATA, else ./data)."),
         out: str = typer.Option("outputs", help="Output root."),
-        overrides: Optional[List[str]] = typer.Argument(None, help="Training config overrides key=value."),
+        backend: str = bo.BACKEND,
+        ray_address: Optional[str] = bo.RAY_ADDRESS,
+        max_concurrent: int = bo.MAX_CONCURRENT,
+        cpus_per_run: Optional[float] = bo.CPUS_PER_RUN,
+        overrides: Optional[List[str]] = typer.Argument(None, help="Training config overrides key=value (not the "
+                                                        "grid's own task, method, seed, rank, out)."),
     ) -> None:
         """Run train → measure → analyze → compare (→ aggregate, → compare-ranks) and write report.html.
 
-        Finished stages are skipped, so re-running after an interruption resumes.
+        Training is a sweep over methods × seeds × ranks (local or on Ray, summary in <study>/sweep/); finished
+        runs and stages are skipped, so re-running after an interruption resumes.
         """
         from rich.console import Console
 
@@ -33,7 +40,8 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True, soft_wrap=True)  # log lines stay whole when piped to a file
         report = run_study(task, split_values(methods), int_values(seeds, "--seeds"), int_values(ranks, "--ranks"),
                            profile, out,
-                           list(overrides or []), model, data_dir, console=console)
+                           list(overrides or []), model, data_dir, console=console, backend=backend,
+                           ray_address=ray_address, resources=bo.resources(backend, max_concurrent, cpus_per_run))
         _summarise(report, console)
 
     @app.command()

@@ -10,8 +10,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sweep")
     def sweep_command(
-        spec: str = typer.Argument(..., metavar="SPEC.yaml", help="Sweep spec: name, fixed, axes, resources "
-                                   "(see README, section Sweeps)."),
+        spec: str = typer.Argument(..., metavar="SPEC.yaml", help="Sweep spec: name, fixed, axes, resources, "
+                                   "search (grid | asha: learning-rate searches only, Ray only) (see README, section "
+                                   "Sweeps)."),
         out: str = typer.Option("outputs", "--out", help="Output root: runs go to the usual <out>/<METHOD>/<TASK>/"
                                 "... layout, the summary to <out>/SWEEP/<name>/."),
         backend: str = typer.Option("local", "--backend", help="local (one run after another) | ray (Ray Tune "

@@ -1,7 +1,8 @@
 """Local backend: the runs one after another in this process, a progress bar over runs.
 
 A failing run is recorded (one line) and the sweep goes on, unless `fail_fast`. Ctrl-C stops the
-sweep (the interrupted run resumes from its last checkpoint next time).
+sweep (the interrupted run resumes from its last checkpoint next time). `isolate` trains each run in a
+fresh spawned process (`peftlab bench`: peak memory counted since process start is then the run's own).
 """
 
 from __future__ import annotations
@@ -27,7 +28,31 @@ def torch_threads(n: float):
         torch.set_num_threads(before)
 
 
-def run_local(runs: list[SweepRun], resources: Resources, fail_fast: bool = False, echo=print) -> dict[str, dict]:
+def _train_in_child(cfg, force: bool) -> str:
+    """Module-level (picklable) body of an isolated training process."""
+    from peftlab.train import train_run
+
+    return str(train_run(cfg, force=force))
+
+
+def train_isolated(cfg, force: bool = False):
+    """`train_run(cfg)` in a fresh spawned process (a finished run is skipped without one); a PeftlabError in
+    the child is re-raised here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
+
+    from peftlab.runs import is_finished, run_dir_for
+    from peftlab.train import train_run
+
+    if not force and is_finished(run_dir_for(cfg)):
+        return train_run(cfg)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return Path(pool.submit(_train_in_child, cfg, force).result())
+
+
+def run_local(runs: list[SweepRun], resources: Resources, fail_fast: bool = False, echo=print,
+              isolate: bool = False, force: bool = False) -> dict[str, dict]:
     """Train every run in order; returns {run_dir: {"status", "error", "seconds"}} for the runs started."""
     from tqdm.auto import tqdm
 
@@ -42,11 +67,14 @@ def run_local(runs: list[SweepRun], resources: Resources, fail_fast: bool = Fals
             echo(line)
     try:
         for i, run in enumerate(runs, 1):
-            was_done = is_finished(run.run_dir)
+            was_done = is_finished(run.run_dir) and not force
             start = time.perf_counter()
             try:
-                with torch_threads(resources.cpus_per_run):
-                    train_run(run.cfg)
+                if isolate:
+                    train_isolated(run.cfg, force=force)  # the child keeps torch's default threads
+                else:
+                    with torch_threads(resources.cpus_per_run):
+                        train_run(run.cfg, force=force)
             except Exception as err:  # noqa: BLE001 - a failing run is recorded, the sweep goes on
                 line = one_line_error(err)
                 outcomes[str(run.run_dir)] = {"status": "failed", "error": line,

@@ -4,11 +4,13 @@ Why Tune and not `Trainer.hyperparameter_search(backend="ray")`: that path needs
 legacy `tune.run`; a Tuner over our own train function keeps one training loop for every backend.
 
 Scheduling is FIFO over the grid with `max_concurrent` trials at a time and per-trial resources
-from the spec (`cpus_per_run`, `gpus_per_run`). There is deliberately no early stopping (ASHA or any
-other trial scheduler): a sweep over methods × ranks × seeds is a factorial comparison, and stopping
-the runs that look worse early would bias exactly the comparison being made (slow starters are
-dropped, so the surviving cells are no longer comparable). ASHA would only fit a search over one
-knob such as lr; `search: asha` is not implemented yet.
+from the spec (`cpus_per_run`, `gpus_per_run`). A grid sweep has no trial scheduler, hence no early
+stopping: a sweep over methods × ranks × seeds is a factorial comparison, and stopping the runs that look
+worse early would bias exactly the comparison being made (slow starters are dropped, so the surviving
+cells are no longer comparable). `search: asha` (a learning-rate search only; spec.py refuses it on
+any other axis) adds Ray Tune's ASHAScheduler: each trial reports its dev metric at every epoch's
+evaluation (`TuneReport`, a TrainerCallback), and ASHA stops the trials below the top 1/reduction_factor
+at each rung; such a run is recorded as "stopped_early" (its run dir stays unfinished).
 
 Local mode starts a private Ray instance sized to the sweep; `--ray-address` joins an existing
 cluster, where every node must see the same `--out` (shared storage), which is checked up front.
@@ -108,7 +110,31 @@ def check_shared_storage(ray, directory: Path) -> list[str]:
         probe.unlink(missing_ok=True)
 
 
-def _trial(config: dict, cfgs: list[dict], cpus: float, fail_fast: bool) -> None:
+def tune_report_callback(metric: str, main_metric: str):
+    """A TrainerCallback reporting `{epoch, <metric>, step}` to Tune at each evaluation during training (not at
+    the last optimizer step, whose run is as good as finished, nor the final re-evaluation of it). When ASHA
+    stops the trial, Tune ends it inside `tune.report` (SystemExit in the trial's thread), which unwinds
+    `train_run` like an interruption."""
+    from ray import tune
+    from transformers import TrainerCallback
+
+    class TuneReport(TrainerCallback):
+        def __init__(self):
+            self.last_step = -1
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get(f"eval_{main_metric}")
+            if value is None or state.global_step <= self.last_step:
+                return
+            if state.max_steps and state.global_step >= state.max_steps:
+                return  # the last evaluation: training is over, stopping now would only throw the run away
+            self.last_step = state.global_step
+            tune.report({"epoch": int(round(state.epoch or 0)), metric: float(value), "step": state.global_step})
+
+    return TuneReport()
+
+
+def _trial(config: dict, cfgs: list[dict], cpus: float, fail_fast: bool, asha: dict | None = None) -> None:
     """One Tune trial = one `train_run` (runs in a Ray worker process)."""
     import torch
     from ray import tune
@@ -118,14 +144,17 @@ def _trial(config: dict, cfgs: list[dict], cpus: float, fail_fast: bool) -> None
     from peftlab.train import train_run
 
     torch.set_num_threads(max(1, int(cpus)))  # Ray sets OMP_NUM_THREADS to the trial's CPUs; torch likewise
+    callbacks = [tune_report_callback(asha["metric"], asha["main_metric"])] if asha else []
+    # with a scheduler, Tune requires its metric in every result with more than one key: None = nothing to rank
+    last = {asha["metric"]: None} if asha else {}
     try:
-        train_run(config_from_dict(cfgs[config["index"]]))
+        train_run(config_from_dict(cfgs[config["index"]]), callbacks=callbacks)
     except Exception as err:  # noqa: BLE001 - reported as one line; re-raised only to stop a fail-fast sweep
-        tune.report({"failed": 1, "error": _line(err)})
+        tune.report({"failed": 1, "error": _line(err), **last})
         if fail_fast:
             raise
         return
-    tune.report({"failed": 0, "error": ""})
+    tune.report({"failed": 0, "error": "", **last})
 
 
 def _progress_callback(tune, runs: list[SweepRun], echo, total: int):
@@ -141,6 +170,8 @@ def _progress_callback(tune, runs: list[SweepRun], echo, total: int):
             label = runs[index].label if isinstance(index, int) else trial.trial_id
             result = trial.last_result or {}
             status = f"failed: {result.get('error')}" if result.get("failed") == 1 else what
+            if what == "done" and "failed" not in result:  # ended without its final report: ASHA stopped it
+                status = f"stopped early by ASHA after epoch {result.get('epoch')}"
             echo(f"[{self.n_done}/{total}] {label}: {status}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -153,8 +184,12 @@ def _progress_callback(tune, runs: list[SweepRun], echo, total: int):
 
 
 def run_ray(runs: list[SweepRun], resources: Resources, sweep_dir: Path, fail_fast: bool = False,
-            address: str | None = None, echo=print) -> tuple[dict[str, dict], dict[str, Any]]:
-    """Run the grid as Tune trials; returns ({run_dir: outcome}, extra fields for sweep.json)."""
+            address: str | None = None, echo=print, asha: dict | None = None,
+            isolate: bool = False) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Run the grid as Tune trials; returns ({run_dir: outcome}, extra fields for sweep.json).
+
+    `asha`: the scheduler settings from `spec.check_asha` (None = grid, no scheduler). `isolate`: no actor
+    reuse, so every trial runs in a fresh worker process (per-run peak memory)."""
     ray = require_ray()
     from ray import tune
 
@@ -188,14 +223,24 @@ def run_ray(runs: list[SweepRun], resources: Resources, sweep_dir: Path, fail_fa
         if resources.gpus_per_run:
             per_trial["gpu"] = resources.gpus_per_run
         trainable = tune.with_resources(
-            tune.with_parameters(_trial, cfgs=cfgs, cpus=resources.cpus_per_run, fail_fast=fail_fast), per_trial)
+            tune.with_parameters(_trial, cfgs=cfgs, cpus=resources.cpus_per_run, fail_fast=fail_fast, asha=asha),
+            per_trial)
+        scheduler = None
+        if asha:
+            from ray.tune.schedulers import ASHAScheduler
+
+            scheduler = ASHAScheduler(time_attr=asha["time_attr"], metric=asha["metric"], mode=asha["mode"],
+                                      max_t=asha["max_t"], grace_period=asha["grace_period"],
+                                      reduction_factor=asha["reduction_factor"])
         tuner = tune.Tuner(
             trainable,
-            # grid_search over the run index: trials start in grid order (FIFO); no scheduler = no early stopping
+            # grid_search over the run index: trials start in grid order (FIFO); a grid has no scheduler and
+            # so no early stopping (module docstring); `search: asha` adds the ASHA scheduler
             param_space={"index": tune.grid_search(todo)},
             # reuse_actors: a finished trial's worker process takes the next one, so torch/transformers are
             # imported once per concurrent slot rather than once per run (train_run sets its own seeds and state)
-            tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent, reuse_actors=True),
+            tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent, reuse_actors=not isolate,
+                                        scheduler=scheduler),
             run_config=tune.RunConfig(name="tune", storage_path=str(sweep_dir.resolve()), verbose=0,
                                       callbacks=[_progress_callback(tune, runs, echo, len(todo))],
                                       failure_config=tune.FailureConfig(fail_fast=fail_fast)),
@@ -220,6 +265,9 @@ def run_ray(runs: list[SweepRun], resources: Resources, sweep_dir: Path, fail_fa
                                  "seconds": metrics.get("time_total_s")}
             elif metrics.get("failed") == 0:
                 outcomes[key] = {"status": "finished", "error": None, "seconds": metrics.get("time_total_s")}
+            elif asha and not is_finished(runs[index].run_dir):  # ended at an epoch report: ASHA stopped it
+                outcomes[key] = {"status": "stopped_early", "error": None, "seconds": metrics.get("time_total_s"),
+                                 "epoch": metrics.get("epoch"), asha["metric"]: metrics.get(asha["metric"])}
         return outcomes, extra
     finally:
         if started_here:
