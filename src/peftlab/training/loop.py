@@ -513,11 +513,15 @@ _TRAINING_KEYS = ("task", "method", "seed", "epochs", "lr", "batch_size", "max_l
                   "max_eval_samples", "group_by_length")
 
 
+_ADALORA_KEYS = {"alpha", "dropout", "targets", "init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2",
+                 "orth_reg_weight", "signal", "ema_decay", "combo_lambda"}
+
+
 def finished_run_diff(run_dir: Path, cfg: TrainConfig, method) -> list[str]:
     """Settings that change the numbers and differ between `cfg` and the finished run in `run_dir`.
 
     Compared: `_TRAINING_KEYS`, the method's `option_keys` and `dir_keys`, `rank` for low-rank methods, and
-    every key for AdaLoRA (its many schedule keys all matter). Keys a method ignores (e.g. `rank` for FFT)
+    for AdaLoRA its LoRA and schedule keys (`_ADALORA_KEYS`). Keys a method ignores (e.g. `rank` for FFT)
     are not compared, so a sweep point that differs only in them still reuses the run.
     """
     try:
@@ -525,12 +529,12 @@ def finished_run_diff(run_dir: Path, cfg: TrainConfig, method) -> list[str]:
     except PeftlabError:
         return []  # unreadable config of a finished run: the skip is reported elsewhere (`peftlab info`)
     new = cfg.to_dict()
+    keys = set(_TRAINING_KEYS) | set(getattr(method, "option_keys", ())) | set(getattr(method, "dir_keys", ()))
+    if getattr(method, "low_rank", False):
+        keys.add("rank")
     if method.name == "adalora":
-        keys = set(new) - _RESUME_IGNORED - {"eval_each_epoch"}
-    else:
-        keys = set(_TRAINING_KEYS) | set(getattr(method, "option_keys", ())) | set(getattr(method, "dir_keys", ()))
-        if getattr(method, "low_rank", False):
-            keys.add("rank")
+        keys |= _ADALORA_KEYS
+
     def pick(config: dict) -> dict:
         out = {k: config.get(k) for k in keys}
         if isinstance(out.get("targets"), list):  # a set of matrices: typing order does not change the run
