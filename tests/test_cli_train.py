@@ -39,7 +39,7 @@ def cli_lora_run(tmp_path_factory, tiny_dir, data_dir):
         main([str(a) for a in base_args(tiny_dir, data_dir, out)
               + ["--method", "lora", "--seed", "2", "--rank", "4", "--alpha", "8", "--targets", "q,k,v,o", "lr=1e-3"]])
     assert exc.value.code == 0
-    return out / "LoRA" / "RTE" / "seed2_r4"
+    return out / "LoRA" / "RTE" / "seed2_r4__alpha-8"  # a non-default alpha is part of the run-dir name
 
 
 def test_train_prints_run_dir_and_result(cli_lora_run, tiny_dir, data_dir, capsys):

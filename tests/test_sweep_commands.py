@@ -69,8 +69,9 @@ def test_bench_spec_names_the_grid_and_keeps_the_cell_run_roots(tmp_path):
     # 2 seeds × (fft + lora r2, r4 + adapter b2, b4) = 10 runs, each in its cell's own run root
     assert len(runs) == 10 and [r.cfg for r in runs] == [cfg for _, cfg in configs]
     rel = [r.run_dir.relative_to(bench_dir / "runs").as_posix() for r in runs]
-    assert rel[:4] == ["fft/FFT/RTE/seed1", "fft/FFT/RTE/seed2", "lora_r2_q-v/LoRA/RTE/seed1_r2",
-                       "lora_r2_q-v/LoRA/RTE/seed2_r2"]
+    # non-default method options name the run dir too (runs.run_dir_for): targets q,v is not LoRA's default
+    assert rel[:4] == ["fft/FFT/RTE/seed1", "fft/FFT/RTE/seed2", "lora_r2_q-v/LoRA/RTE/seed1_r2__targets-q-v",
+                       "lora_r2_q-v/LoRA/RTE/seed2_r2__targets-q-v"]
     adapter = runs[-1]
     assert adapter.axes == {"method": "adapter", "rank": 4, "seed": 2} and adapter.cfg.adapter_bottleneck == 4
     assert all(r.run_dir == run_dir_for(r.cfg) and r.cfg.seed in (1, 2) for r in runs)

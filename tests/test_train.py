@@ -74,8 +74,8 @@ def _batch(tokenizer):
 
 def test_run_dir_layout_and_contents(lora_run, make_cfg):
     run = lora_run
-    assert run == run_dir_for(make_cfg(run.parents[2], "method=lora", "rank=4"))
-    assert run.parts[-3:] == ("LoRA", "RTE", "seed3_r4")
+    assert run == run_dir_for(make_cfg(run.parents[2], "method=lora", "rank=4", "alpha=8", "targets=q,v"))
+    assert run.parts[-3:] == ("LoRA", "RTE", "seed3_r4__alpha-8__targets-q-v")  # non-default options in the name
     names = {p.name for p in run.iterdir()}
     assert {"run_config.json", "ckpt_init", "ckpt_final", "metrics.jsonl", "final_metrics.json"} <= names
     assert "checkpoints" not in names  # deleted after a successful finish

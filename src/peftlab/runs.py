@@ -54,16 +54,57 @@ def run_name(seed: int, rank: int, low_rank: bool) -> str:
     return f"seed{seed}_r{rank}" if low_rank else f"seed{seed}"
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+def _option_text(key: str, value: Any) -> str:
+    """`targets` → `q-v` (canonical order: the set, not the typing order, decides the run); 32.0 → `32`."""
+    if key == "targets":
+        from peftlab.arch import CANONICAL_TARGETS
+
+        value = "-".join(t for t in CANONICAL_TARGETS if t in value)
+    elif isinstance(value, bool):
+        value = str(value).lower()
+    elif isinstance(value, float):
+        value = format(value, "g")
+    return _UNSAFE.sub("-", str(value))
+
+
+def option_suffix(cfg: "TrainConfig", method) -> str:
+    """`__<key>-<value>` for each of the method's `option_keys` whose value differs from TrainConfig's default
+    ("" when all are default), e.g. `__targets-q-v`, `__adapter_bottleneck-16__adapter_ln-true`."""
+    from peftlab.config import TrainConfig
+
+    default = TrainConfig()
+    parts = []
+    for key in getattr(method, "option_keys", ()):
+        value, base = getattr(cfg, key), getattr(default, key)
+        if key == "targets":
+            same = set(value) == set(base)
+        elif isinstance(base, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            same = float(value) == base
+        else:
+            same = value == base
+        if not same:
+            parts.append(f"__{key}-{_option_text(key, value)}")
+    return "".join(parts)
+
+
 def run_dir_for(cfg: "TrainConfig") -> Path:
-    """`<out>/<method.dir_name>/<TASK>/seed<S>[_r<R>]` for a config (task name canonicalised)."""
+    """`<out>/<method.dir_name>/<TASK>/seed<S>[_r<R>][__<option>-<value>...]` for a config (task canonicalised).
+
+    The option part names every method option (`Method.option_keys`: targets, alpha, dropout, adapter
+    bottleneck/act/LN, prompt tokens) set to a non-default value, so that two runs differing only in them
+    never share a directory; with default options the name is the plain `seed<S>[_r<R>]`.
+    """
     from peftlab.methods import get_method
     from peftlab.tasks import get_task
 
     method = get_method(cfg.method)
     task = get_task(cfg.task).name
     levels = [str(getattr(cfg, key)) for key in getattr(method, "dir_keys", ())]  # e.g. AdaLoRA's signal
-    return Path(cfg.out, method.dir_name, task, *levels,
-                run_name(cfg.seed, cfg.rank, bool(getattr(method, "low_rank", False))))
+    name = run_name(cfg.seed, cfg.rank, bool(getattr(method, "low_rank", False))) + option_suffix(cfg, method)
+    return Path(cfg.out, method.dir_name, task, *levels, name)
 
 
 def read_final_metrics(run_dir: str | Path) -> dict[str, Any] | None:

@@ -80,6 +80,8 @@ def analyze_run(
         "theta0_classifier": table.theta0,
         "plasticity_classifier": table.plasticity_classifier,
         "n_examples": table.n_examples,
+        "update": ({"defined": False, "method": meta.method, "why": table.update_reason}
+                   if table.update_reason else {"defined": True}),
         "probe": probe,
         **stats,
         "taylor_vs_exact_file": read_json(run_dir / TAYLOR_FILE) if (run_dir / TAYLOR_FILE).is_file() else None,

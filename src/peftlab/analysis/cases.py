@@ -64,14 +64,19 @@ def find_cases(heads: pd.DataFrame, q_hi: float = Q_HI, q_lo: float = Q_LO, *,
     thresholds = {c: {"hi": quantile_threshold(heads[c], q_hi), "lo": quantile_threshold(heads[c], q_lo)}
                   for c in columns}
     importance = heads[imp].to_numpy(float)
-    update = heads["U"].to_numpy(float)
+    has_u = "U" in thresholds  # False when the method has no ΔW of attention weights (U empty by design)
     important = importance >= thresholds[imp]["hi"]  # [n] (NaN compares False)
     unimportant = importance <= thresholds[imp]["lo"]  # [n]
-    static_u = update <= thresholds["U"]["lo"]
-    plastic_by_u = update >= thresholds["U"]["hi"]
+    if has_u:
+        update = heads["U"].to_numpy(float)
+        static_u = update <= thresholds["U"]["lo"]
+        plastic_by_u = update >= thresholds["U"]["hi"]
+    else:
+        static_u = plastic_by_u = np.zeros(len(heads), bool)
     if has_g:
         plastic_by_g = heads["G"].to_numpy(float) >= thresholds["G"]["hi"]
-        plastic_rule = f"(U >= Q_U(q_hi) or G >= Q_G(q_hi)) and {imp} <= Q_{imp}(q_lo)"
+        plastic_rule = (f"(U >= Q_U(q_hi) or G >= Q_G(q_hi)) and {imp} <= Q_{imp}(q_lo)" if has_u else
+                        f"G >= Q_G(q_hi) and {imp} <= Q_{imp}(q_lo)   (U not defined)")
     else:
         plastic_by_g = np.zeros(len(heads), bool)
         plastic_rule = f"U >= Q_U(q_hi) and {imp} <= Q_{imp}(q_lo)   (G not measured)"
@@ -90,6 +95,18 @@ def find_cases(heads: pd.DataFrame, q_hi: float = Q_HI, q_lo: float = Q_LO, *,
     for entry, by_u, by_g in zip(plastic_rows, plastic_by_u[plastic], plastic_by_g[plastic]):
         entry["by"] = [name for name, hit in (("U", by_u), ("G", by_g)) if hit]
     n = len(heads)
+    static_entry = {"rule": f"{imp} >= Q_{imp}(q_hi) and U <= Q_U(q_lo)", "count": int(static.sum()),
+                    "chance": permutation_summary(int(static.sum()), null_static, seed, level, what),
+                    "heads": _head_rows(heads, static_mask, columns)}
+    plastic_entry = {"rule": plastic_rule, "count": int(plastic.sum()),
+                     "chance": permutation_summary(int(plastic.sum()), null_plastic, seed, level, what),
+                     "heads": plastic_rows}
+    if not has_u:  # a count of 0 would read as "no such heads"; the set is undefined without U
+        static_entry = {"rule": static_entry["rule"], "count": None, "chance": None, "heads": [], "measured": False,
+                        "why": "U not defined for this run (no ΔW of attention weights)"}
+        if not has_g:
+            plastic_entry = {"rule": "U or G >= Q(q_hi)", "count": None, "chance": None, "heads": [],
+                             "measured": False, "why": "neither U (not defined) nor G (not measured)"}
     return {
         "q_hi": q_hi,
         "q_lo": q_lo,
@@ -98,12 +115,8 @@ def find_cases(heads: pd.DataFrame, q_hi: float = Q_HI, q_lo: float = Q_LO, *,
         "importance": imp,
         "importance_kind": "exact" if imp.startswith("I_") else "taylor (exact I_pre not measured)",
         "thresholds": thresholds,
-        "important_static": {"rule": f"{imp} >= Q_{imp}(q_hi) and U <= Q_U(q_lo)", "count": int(static.sum()),
-                             "chance": permutation_summary(int(static.sum()), null_static, seed, level, what),
-                             "heads": _head_rows(heads, static_mask, columns)},
-        "plastic_unimportant": {"rule": plastic_rule, "count": int(plastic.sum()),
-                                "chance": permutation_summary(int(plastic.sum()), null_plastic, seed, level, what),
-                                "heads": plastic_rows},
+        "important_static": static_entry,
+        "plastic_unimportant": plastic_entry,
     }
 
 

@@ -211,8 +211,9 @@ def case_bars(ax, series: dict[str, dict]) -> None:
     width = 0.8 / max(len(series), 1)
     for s, (label, counts) in enumerate(series.items()):
         xs = [i + (s - (len(series) - 1) / 2) * width for i in range(len(names))]
-        bars = ax.bar(xs, [counts[n] for n in names], width=width, label=label, alpha=0.8)
-        ax.bar_label(bars, fontsize=7)
+        values = [counts[n] for n in names]  # None: the set is not defined for this run (no U)
+        bars = ax.bar(xs, [0 if v is None else v for v in values], width=width, label=label, alpha=0.8)
+        ax.bar_label(bars, labels=["n/a" if v is None else str(v) for v in values], fontsize=7)
         chances = [(counts.get("chance") or {}).get(n) for n in names]
         _chance_marks(ax, xs, chances, _chance_label(chances[0]) if s == 0 else None)
     counts = next(iter(series.values()))

@@ -132,6 +132,8 @@ def _chance_text(chance: dict | None) -> str:
 
 
 def _count_with_chance(count, chance: dict | None) -> str:
+    if count is None:
+        return "not defined (no U)"
     return f"{count} ({_chance_text(chance)})"
 
 
@@ -184,6 +186,10 @@ def run_warnings(stats: dict) -> list[str]:
     if probe.get("measured") and probe.get("better_than_chance") is False:
         out.append(f"{name}: the θ0 probe does not beat chance on held-out rows ({_probe_heldout(stats)}); "
                    f"I_pre and G measured with it may carry little signal.")
+    update = stats.get("update") or {}
+    if update.get("defined") is False:
+        out.append(f"{name}: update not defined for {update.get('method')} ({update.get('why')}); U-based "
+                   f"statistics and counter-examples are left empty.")
     for phase, col in (stats.get("importance_columns") or {}).items():
         if col and not col.startswith("I_"):
             out.append(f"{name}: exact importance on {phase} was not measured; statistics keyed '{col}~…' use the "
@@ -276,7 +282,8 @@ def _run_sections(runs: list[tuple[Path, dict, dict]]) -> list[Section]:
                           **{key: _count_with_chance(v["overlap"], v.get("chance")) for key, v in topk["pairs"].items()}})
         for set_name in ("important_static", "plastic_unimportant"):
             case_rows.append({"run": name, "set": set_name, "rule": cases[set_name]["rule"],
-                              "count": cases[set_name]["count"], "chance (permutation)": _chance_text(
+                              "count": ("not defined" if cases[set_name]["count"] is None
+                                        else cases[set_name]["count"]), "chance (permutation)": _chance_text(
                                   cases[set_name].get("chance")),
                               "heads": ", ".join(h["label"] for h in cases[set_name]["heads"]) or "none"})
     boot = runs[0][1]["bootstrap"] if runs else {}

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from peftlab.errors import PeftlabError
-from peftlab.io import read_jsonl
+from peftlab.io import read_json, read_jsonl
 
 PHASES = ("pre", "post")
 CI_SUFFIXES = ("_se", "_ci_low", "_ci_high")
@@ -81,6 +81,7 @@ class HeadsTable:
     theta0: str | None = None  # classifier on θ0 for the pre measurements ("probe" | "init")
     n_examples: dict[str, int | None] = field(default_factory=dict)  # {"pre", "post", "G"}: subset size N
     plasticity_classifier: str | None = None  # classifier G/F were taken with ("init" | "probe"); None = not recorded
+    update_reason: str | None = None  # why U is not defined for this run (empty by design), else None
 
     @property
     def n_total(self) -> int:
@@ -165,7 +166,11 @@ def load_heads(run_dir: str | Path) -> HeadsTable:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise PeftlabError(f"run directory '{run_dir}' does not exist; check the path or run `peftlab train` first")
-    missing_required = [s for s in SOURCES.values() if s.required and not (run_dir / s.file).is_file()]
+    from peftlab.heads.update import update_undefined_reason
+
+    update_reason = update_undefined_reason(run_dir)  # None, or why U is not defined (no ΔW of q/k/v/o)
+    missing_required = [s for s in SOURCES.values() if s.required and not (run_dir / s.file).is_file()
+                        and not (s.step == "update" and update_reason)]
     if missing_required:
         files = ", ".join(s.file for s in missing_required)
         steps = [s.step for s in missing_required]
@@ -175,8 +180,13 @@ def load_heads(run_dir: str | Path) -> HeadsTable:
 
     notes: list[str] = []
     frames: dict[str, pd.DataFrame] = {}
+    if update_reason:
+        notes.append(f"update not defined for {_run_method(run_dir)}: {update_reason}; U, Urel, U_q..U_o are empty "
+                     f"(null), not 0")
     for key, source in SOURCES.items():
         path = run_dir / source.file
+        if key == "update" and update_reason:
+            continue  # an update.jsonl of an earlier peftlab (all zeros) is not read
         if path.is_file():
             frames[key] = _read_head_rows(path)
         else:
@@ -224,13 +234,17 @@ def load_heads(run_dir: str | Path) -> HeadsTable:
         n = _first(grad, "n_examples")
         n_examples["G"] = None if n is None else int(n)
         plasticity_classifier = _first(grad, "plasticity_classifier")
-    update = frames["update"]
-    part = update[["layer", "head"]].copy()
-    for col in UPDATE_COLUMNS:
-        if col in update:
-            part[col] = _numeric(update[col])
-    heads = heads.merge(part, on=["layer", "head"], how="left")
-    if not measured(heads, "U"):
+    if update_reason:
+        for col in UPDATE_COLUMNS:
+            heads[col] = np.nan
+    else:
+        update = frames["update"]
+        part = update[["layer", "head"]].copy()
+        for col in UPDATE_COLUMNS:
+            if col in update:
+                part[col] = _numeric(update[col])
+        heads = heads.merge(part, on=["layer", "head"], how="left")
+    if not update_reason and not measured(heads, "U"):
         raise PeftlabError(f"'{run_dir / 'update.jsonl'}' has no U values; re-run: "
                            f"{measure_command(run_dir, ['update'])} --force")
     for phase in PHASES:  # Taylor columns only when measured in that phase
@@ -244,7 +258,15 @@ def load_heads(run_dir: str | Path) -> HeadsTable:
 
     ordered = ["layer", "head", *[c for c in VALUE_COLUMNS if c in heads]]
     return HeadsTable(add_ranks(heads[ordered]), n_layers, n_heads, notes, None if theta0 is None else str(theta0),
-                      n_examples, None if plasticity_classifier is None else str(plasticity_classifier))
+                      n_examples, None if plasticity_classifier is None else str(plasticity_classifier),
+                      update_reason)
+
+
+def _run_method(run_dir: Path) -> str:
+    try:
+        return str(read_json(run_dir / "run_config.json").get("method"))
+    except (OSError, ValueError):
+        return "this method"
 
 
 # --- run metadata -------------------------------------------------------------------------------

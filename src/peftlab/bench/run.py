@@ -77,8 +77,8 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
               profile: str = "quick", out: str = "outputs", overrides: list[str] | None = None,
               name: str | None = None, latency_iters: int = 20, latency_warmup: int = 3,
               latency_batches: tuple[int, ...] = (1, 8), figures: bool = True, isolate: bool = True,
-              save_matrices: bool = False, console=None, backend: str = "local", ray_address: str | None = None,
-              resources=None) -> Path:
+              save_matrices: bool = False, equal_budget: bool = False, console=None, backend: str = "local",
+              ray_address: str | None = None, resources=None) -> Path:
     """Run the benchmark grid and write its tables and figures; returns the bench directory.
 
     Training is a sweep (`bench_spec`) on `backend` (local | ray; `ray_address` joins a cluster) with
@@ -86,6 +86,9 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
     `isolate`: train each run in a fresh process (local: a spawned child; Ray: no actor reuse), so its peak
     memory (CPU peak RSS / CUDA max allocated, both counted since process start) belongs to that run alone;
     without it, later runs report the running maximum of their process (bench.md then says so).
+    `equal_budget`: after the grid, also train the Houlsby adapter whose parameters match each LoRA-family
+    cell at its best rank (`bench/budget.py`; locally, after the sweep); without it bench.md still names the
+    matched bottleneck.
     """
     from peftlab.bench.table import RUN_COLUMNS, CELL_COLUMNS, cell_rows, latency_columns, to_csv, to_markdown
     from peftlab.io import atomic_write_json, atomic_write_text
@@ -110,9 +113,9 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
                           sweep_dir=bench_dir / "sweep", isolate=isolate, check_inputs=True)
     raise_for_failures(sweep_dir, "bench")
     runs, first_run = [], {}
-    for i, (cell, cfg) in enumerate(configs, 1):
-        run_dir = run_dir_for(cfg)
-        say(f"[{i}/{len(configs)}] {cell.label} seed {cfg.seed}: {summary_line(run_dir)}")
+
+    def record(label: str, cell, cfg, run_dir: Path) -> None:
+        say(f"[{label}] {cell.label} seed {cfg.seed}: {summary_line(run_dir)}")
         final = read_final_metrics(run_dir) or {}
         runs.append({"cell": cell.label, "method": cell.method, "rank": cell.rank, "targets": cell.targets_label,
                      "seed": cfg.seed, "metric": final.get("main_metric"), "score": final.get("score"),
@@ -128,8 +131,20 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
 
             save_run_matrices(run_dir, bench_dir / "matrices" / cell.label / f"seed{cfg.seed}")
 
+    for i, (cell, cfg) in enumerate(configs, 1):  # trained by the sweep above
+        record(f"{i}/{len(configs)}", cell, cfg, run_dir_for(cfg))
+    sites = _adapter_sites(first_run)  # (d, n_adapters) for the equal-budget view, or None
+    if equal_budget and sites:  # train the adapters matched to each LoRA cell's best rank (bench/budget.py)
+        # depends on the grid's scores, so it cannot be part of the sweep: trained here, locally, after it
+        extra = _equal_budget_configs(runs, sites, task, profile, list(overrides or []), bench_dir, seeds)
+        for i, (cell, cfg) in enumerate(extra, 1):
+            record(f"{i}/{len(extra)} equal budget", cell, cfg, _train(cfg, isolate))
+
     latency, fft_params, meta_latency = _latency(first_run, latency_iters, latency_warmup, list(latency_batches), say)
     rows = cell_rows(runs, fft_params, latency)
+    from peftlab.bench.budget import equal_budget_rows
+
+    equal = equal_budget_rows(rows, *sites) if sites else []
     cfg0 = configs[0][1]
     meta: dict[str, Any] = {
         "task": cfg0.task, "name": bench_dir.name, "profile": profile, "model": cfg0.model or "packaged all-MiniLM-L6-v2",
@@ -142,9 +157,12 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
                              "running maximum since that process started, not a per-method figure"),
         "score_uncertainty": "score_std = sample std over seeds (ddof 1); empty with one seed",
         "best_rank_rule": "highest score_mean per (method, targets); ties -> fewer trainable params",
+        "equal_budget": {"trained": equal_budget, "rule": "adapter bottleneck b minimising |P_A(b) - P_L|, "
+                         "P = trainable params without classifier, P_L at the LoRA cell's best rank (ties -> smaller b)",
+                         "d": sites[0] if sites else None, "n_adapters": sites[1] if sites else None, "rows": equal},
     }
     atomic_write_text(bench_dir / "runs.csv", to_csv(runs, RUN_COLUMNS))
-    columns = CELL_COLUMNS + latency_columns(list(latency_batches)) + ["best_rank", "cell"]
+    columns = CELL_COLUMNS + latency_columns(list(latency_batches)) + ["best_rank", "equal_budget_for", "cell"]
     atomic_write_text(bench_dir / "bench.csv", to_csv(rows, columns))
     if figures:
         from peftlab.bench.figures import draw_figures
@@ -154,6 +172,34 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
     atomic_write_text(bench_dir / "bench.md", to_markdown(rows, meta, list(latency_batches)))
     atomic_write_json(bench_dir / "bench.json", meta)  # last: its presence means the tables beside it are complete
     return bench_dir
+
+
+def _adapter_sites(first_run: dict) -> tuple[int, int] | None:
+    """(d, n_adapters) of the bench's model when it has a low-rank cell with targets (else None)."""
+    from peftlab.bench.budget import adapter_sites
+
+    for cell, _, run_dir in first_run.values():
+        if cell.targets and cell.rank is not None and cell.method != "adapter":
+            return adapter_sites(run_dir)
+    return None
+
+
+def _equal_budget_configs(runs: list[dict], sites: tuple[int, int], task: str, profile: str, overrides: list[str],
+                          bench_dir: Path, seeds: list[int]) -> list:
+    """[(adapter cell, TrainConfig)] for every matched bottleneck not yet in the grid, one per seed."""
+    from peftlab.bench.budget import equal_budget_rows
+    from peftlab.bench.grid import Cell, cell_overrides
+    from peftlab.bench.table import cell_rows
+    from peftlab.config import load_config
+
+    wanted = [e["bottleneck"] for e in equal_budget_rows(cell_rows(runs, 0, {}), *sites) if e["adapter_cell"] is None]
+    out = []
+    for b in dict.fromkeys(wanted):
+        cell = Cell("adapter", b, None)
+        for seed in dict.fromkeys(seeds):
+            keys = [f"task={task}"] + overrides + cell_overrides(cell, seed, str(bench_dir / "runs" / cell.label))
+            out.append((cell, load_config(profile, keys)))
+    return out
 
 
 def _train(cfg, isolate: bool) -> Path:

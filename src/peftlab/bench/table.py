@@ -143,5 +143,31 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], batches: list[
                     if tied else "more than one std above the other ranks")
             lines.append(f"- {r['method']} on {r['targets'] or 'its fixed sites'}: rank {r['rank']} "
                          f"({metric} {_fmt(r['score_mean'])}; {note})")
+    lines += equal_budget_markdown(meta.get("equal_budget") or {}, metric)
     lines += ["", "Figures (drawn from bench.csv only): " + ", ".join(meta.get("figures", [])) or "none", ""]
     return "\n".join(lines)
+
+
+def equal_budget_markdown(block: dict[str, Any], metric: str) -> list[str]:
+    """bench.md section: each LoRA-family cell at its best rank beside the adapter with matched parameters."""
+    rows = block.get("rows") or []
+    if not rows:
+        return []
+    lines = ["", "## Equal budget: adapter vs low-rank method at its best rank", "",
+             f"Adapter bottleneck b chosen so that its trainable parameters without the classifier match the low-rank "
+             f"cell's ({block.get('n_adapters')} adapters of width d = {block.get('d')}: P_A(b) = n·(2·d·b + b + d); "
+             f"closest b, ties → smaller).", "",
+             f"| low-rank cell | params (no clf) | {metric} | matched adapter | adapter params (no clf) | "
+             f"adapter {metric} |", "|---|---|---|---|---|---|"]
+    for e in rows:
+        score = _fmt(e["score_mean"]) + (f" ± {_fmt(e['score_std'], 2)}" if e["score_std"] is not None else "")
+        if e["adapter_cell"] is None:
+            adapter = ("not run (pass --equal-budget, or add it: --methods adapter --ranks "
+                       f"{e['bottleneck']})")
+            params = f"{_fmt(e['adapter_params_formula'])} (formula)"
+        else:
+            adapter = _fmt(e["adapter_score_mean"]) + (f" ± {_fmt(e['adapter_score_std'], 2)}"
+                                                       if e["adapter_score_std"] is not None else "")
+            params = _fmt(e["adapter_params"])
+        lines.append(f"| {e['cell']} | {_fmt(e['params'])} | {score} | b = {e['bottleneck']} | {params} | {adapter} |")
+    return lines

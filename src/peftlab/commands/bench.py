@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
         save_matrices: bool = typer.Option(False, "--save-matrices", help="Also write each run's ΔW per adapted "
                                            "module (fp32 safetensors) and a CSV of Frobenius norm, spectral norm and "
                                            "effective rank under <bench>/matrices/."),
+        equal_budget: bool = typer.Option(False, "--equal-budget", help="After the grid, also train the Houlsby "
+                                          "adapter whose trainable parameters (without classifier) match each low-rank "
+                                          "cell at its best rank; bench.md compares them."),
         overrides: Optional[List[str]] = typer.Argument(None, help="Training config overrides key=value "
                                                         "(e.g. model=DIR data_dir=DIR max_steps=50); the grid's own "
                                                         "keys (method, seed, rank, adapter_bottleneck, targets, out) "
@@ -52,6 +55,6 @@ def register(app: typer.Typer) -> None:
         bench_dir = run_bench(task, split_values(methods), int_values(ranks, "--ranks"), list(targets or []),
                               int_values(seeds, "--seeds"), profile, out, list(overrides or []), name,
                               latency_iters, latency_warmup, isolate=isolate,
-                              save_matrices=save_matrices, console=console, backend=backend,
+                              save_matrices=save_matrices, equal_budget=equal_budget, console=console, backend=backend,
                               ray_address=ray_address, resources=bo.resources(backend, max_concurrent, cpus_per_run))
         typer.echo(str(bench_dir / "bench.md"))

@@ -320,15 +320,17 @@ def step_gradfisher(m: Measurement) -> None:
 
 
 def step_update(m: Measurement) -> None:
-    from peftlab.heads.update import UPDATE_FILE, UPDATE_META_FILE, measure_update
-    from peftlab.io import atomic_write_json, write_jsonl_atomic
+    from peftlab.heads.update import (UPDATE_FILE, UPDATE_META_FILE, measure_update, undefined_meta,
+                                      update_undefined_reason)
+    from peftlab.io import atomic_write_json, read_json, write_jsonl_atomic
 
-    from peftlab.io import read_json
-    from peftlab.methods import get_method
-
-    method = get_method(read_json(m.run_dir / "run_config.json")["method"])
-    if getattr(method, "delta_note", None):  # adapters, BitFit, prompt/LN tuning: no ΔW of q/k/v/o weights
-        m.say(f"  update: not applicable for {method.name} ({method.delta_note}); update.jsonl not written")
+    method = read_json(m.run_dir / "run_config.json")["method"]
+    (m.run_dir / UPDATE_META_FILE).unlink(missing_ok=True)  # decide afresh from the run, not from an old meta
+    reason = update_undefined_reason(m.run_dir)  # adapters, BitFit, prompt/LN tuning, IA3 on FFN only, ...
+    if reason:
+        m.say(f"  update: not applicable for {method} ({reason}); update.jsonl not written, U left empty")
+        (m.run_dir / UPDATE_FILE).unlink(missing_ok=True)
+        atomic_write_json(m.run_dir / UPDATE_META_FILE, undefined_meta(method, reason))
         return
     rows, meta = measure_update(m.run_dir)
     atomic_write_json(m.run_dir / UPDATE_META_FILE, meta)

@@ -166,6 +166,52 @@ def update_meta(model_init, method_name: str, delta_names: list[str]) -> dict[st
     }
 
 
+ATTENTION_TARGETS = ("q", "k", "v", "o")
+
+
+def update_undefined_reason(run_dir: str | Path) -> str | None:
+    """Why the per-head update U is not defined for this run (None when it is).
+
+    Two cases: the method changes no weight matrix at all (adapters, BitFit, LN tuning, prompt tuning:
+    `Method.delta_note`), or it adapts only chosen matrices and none of them is attention's q/k/v/o
+    (e.g. `ia3` or `vera` with `targets=ffn_out`): every head's ΔW is zero by construction, and a column of
+    zeros would rank heads by ties, so U is left empty rather than reported as 0.
+    A recorded `update_meta.json` with `"update_defined": false` is read first.
+    """
+    from peftlab.io import read_json
+    from peftlab.methods import METHODS
+
+    run_dir = Path(run_dir)
+    meta_path = run_dir / UPDATE_META_FILE
+    if meta_path.is_file():
+        try:
+            meta = read_json(meta_path)
+        except (OSError, ValueError):
+            meta = {}
+        if isinstance(meta, dict) and meta.get("update_defined") is False:
+            return str(meta.get("reason") or "no per-head ΔW")
+    try:
+        info = read_json(run_dir / "run_config.json")
+    except (OSError, ValueError):
+        return None
+    name = str(info.get("method") or "")
+    method = METHODS.get(name)
+    if method is None:
+        return None
+    if getattr(method, "delta_note", None):
+        return str(method.delta_note)
+    targets = (info.get("config") or {}).get("targets") or []
+    if "targets" in getattr(method, "option_keys", ()) and not set(targets) & set(ATTENTION_TARGETS):
+        return f"{name} adapted no attention matrix (targets {','.join(targets)}), so every head's ΔW is 0 by construction"
+    return None
+
+
+def undefined_meta(method_name: str, reason: str) -> dict[str, Any]:
+    """`update_meta.json` of a run whose update is not defined (no update.jsonl is written)."""
+    return {"method": method_name, "update_defined": False, "reason": reason,
+            "columns": "U, Urel, U_q, U_k, U_v, U_o are null in heads.csv (not 0: nothing was measured)"}
+
+
 def measure_update(run_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, meta) of `update.jsonl` / `update_meta.json` for a finished run: ΔW = delta_weights(θ1, θ0)."""
     from peftlab.io import read_json

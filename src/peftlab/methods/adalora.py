@@ -115,6 +115,9 @@ class AdaLoraMethod(PeftLoraMethod):
     dir_name = "ADALORA"
     low_rank = False  # the rank is adaptive: run dir ADALORA/<TASK>/<signal>/seed<S>
     dir_keys = ("signal",)
+    # Not LoRA's alpha/dropout/targets: the ADALORA/<TASK>/<signal>/seed<S> layout is read by `adalora compare`;
+    # a finished run with other settings is refused rather than reused (training/loop.py `finished_run_diff`).
+    option_keys: tuple[str, ...] = ()
     resumable = False
 
     def apply(self, model: nn.Module, cfg) -> nn.Module:

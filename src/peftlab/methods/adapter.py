@@ -95,6 +95,7 @@ def _check_settings(cfg) -> tuple[int, str, bool]:
 class AdapterMethod(OwnStateMethod):
     name = "adapter"
     dir_name = "Adapter"
+    option_keys = ("adapter_bottleneck", "adapter_act", "adapter_ln")
     low_rank = False
     mergeable = False
     delta_note = ("adapters add new modules after the attention and FFN outputs and leave q/k/v/o weights "

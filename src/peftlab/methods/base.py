@@ -49,6 +49,9 @@ class Method:
     dir_name: str = ""  # run-dir component, e.g. "LoRA"
     low_rank: bool = False  # run dir gets `_r<R>`
     dir_keys: tuple[str, ...] = ()  # config keys whose values become run-dir levels after <TASK> (AdaLoRA: signal)
+    # Config keys (besides rank) that change what this method trains; a value other than TrainConfig's default
+    # is appended to the run-dir name (`runs.run_dir_for`), so two runs differing only in them never share one.
+    option_keys: tuple[str, ...] = ()
     resumable: bool = True  # False: a killed run refuses to resume from a Trainer checkpoint (state not saved)
     mergeable: bool = False  # the update can be folded into the base weights (no inference cost)
     # Why `delta_weights` returns {} (no per-module ΔW of q/k/v/o/ffn weights), or None when it has one.

@@ -17,6 +17,7 @@ class DoraMethod(PeftMethod):
     name = "dora"
     dir_name = "DoRA"
     low_rank = True
+    option_keys = ("alpha", "dropout", "targets")  # rank is in the run-dir name already (`_r<R>`)
     trainable_tokens = ("lora_",)  # lora_A, lora_B, lora_magnitude_vector
 
     def peft_config(self, model, cfg):

@@ -20,6 +20,7 @@ class Ia3Method(PeftMethod):
     dir_name = "IA3"
     low_rank = False
     uses_targets = True
+    option_keys = ("targets",)
     trainable_tokens = ("ia3_l",)
 
     def peft_config(self, model, cfg):

@@ -319,6 +319,7 @@ class LoraMethod(Method):
     name = "lora"
     dir_name = "LoRA"
     low_rank = True
+    option_keys = ("alpha", "dropout", "targets")  # rank is in the run-dir name already (`_r<R>`)
 
     def apply(self, model: nn.Module, cfg) -> nn.Module:
         validate_low_rank(cfg)

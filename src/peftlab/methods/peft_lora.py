@@ -169,6 +169,7 @@ class PeftLoraMethod(PeftMethod):
     name = "peft-lora"
     dir_name = "PEFT-LoRA"
     low_rank = True
+    option_keys = ("alpha", "dropout", "targets")  # rank is in the run-dir name already (`_r<R>`)
 
     def peft_config(self, model: nn.Module, cfg):
         validate_low_rank(cfg)

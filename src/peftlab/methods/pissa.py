@@ -17,6 +17,7 @@ class PissaMethod(PeftMethod):
     name = "pissa"
     dir_name = "PiSSA"
     low_rank = True
+    option_keys = ("alpha", "dropout", "targets")  # rank is in the run-dir name already (`_r<R>`)
 
     def peft_config(self, model, cfg):
         validate_low_rank(cfg)

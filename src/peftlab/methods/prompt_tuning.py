@@ -16,6 +16,7 @@ from peftlab.methods.peft_lora import PeftMethod
 class PromptTuningMethod(PeftMethod):
     name = "prompt-tuning"
     dir_name = "PromptTuning"
+    option_keys = ("prompt_tokens",)
     low_rank = False
     mergeable = False
     trainable_tokens = ("prompt_encoder.",)

@@ -12,6 +12,7 @@ class RsLoraMethod(PeftMethod):
     name = "rslora"
     dir_name = "rsLoRA"
     low_rank = True
+    option_keys = ("alpha", "dropout", "targets")  # rank is in the run-dir name already (`_r<R>`)
 
     def peft_config(self, model, cfg):
         validate_low_rank(cfg)

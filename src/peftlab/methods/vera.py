@@ -18,6 +18,7 @@ class VeraMethod(PeftMethod):
     name = "vera"
     dir_name = "VeRA"
     low_rank = True
+    option_keys = ("dropout", "targets")  # VeRA has no alpha
     trainable_tokens = ("vera_lambda_",)
 
     def peft_config(self, model, cfg):

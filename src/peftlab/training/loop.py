@@ -131,6 +131,10 @@ def train_run(cfg: TrainConfig, force: bool = False, callbacks: list | None = No
     if force and foreign_entries(run.run_dir):
         clear_run_dir(run.run_dir)  # raises, deleting nothing: the dir holds a user's file
     if not force and is_finished(run.run_dir):
+        diff = finished_run_diff(run.run_dir, cfg, run.method)
+        if diff:  # e.g. a run written before option suffixes existed (runs.run_dir_for), or another lr
+            raise PeftlabError(f"'{run.run_dir}' holds a finished run with other settings ({'; '.join(diff[:3])}); "
+                               f"re-run with --force to replace it, or choose another --out to keep both")
         shutil.rmtree(run.run_dir / CHECKPOINTS, ignore_errors=True)  # left over by a kill right at the end
         log.info("run %s is finished; skipping (use --force to re-run)", run.run_dir)
         return run.run_dir
@@ -511,6 +515,43 @@ def _step_of(checkpoint: Path) -> int:
         return int(checkpoint.name.split("-", 1)[1])
     except (IndexError, ValueError):
         return -1
+
+
+# Config keys that change what any method trains (the method's own keys are added in `finished_run_diff`).
+_TRAINING_KEYS = ("task", "method", "seed", "epochs", "lr", "batch_size", "max_len", "weight_decay", "warmup_ratio",
+                  "grad_accum", "max_grad_norm", "lr_scheduler", "max_steps", "model", "max_train_samples",
+                  "max_eval_samples", "group_by_length")
+
+
+_ADALORA_KEYS = {"alpha", "dropout", "targets", "init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2",
+                 "orth_reg_weight", "signal", "ema_decay", "combo_lambda"}
+
+
+def finished_run_diff(run_dir: Path, cfg: TrainConfig, method) -> list[str]:
+    """Settings that change the numbers and differ between `cfg` and the finished run in `run_dir`.
+
+    Compared: `_TRAINING_KEYS`, the method's `option_keys` and `dir_keys`, `rank` for low-rank methods, and
+    for AdaLoRA its LoRA and schedule keys (`_ADALORA_KEYS`). Keys a method ignores (e.g. `rank` for FFT)
+    are not compared, so a sweep point that differs only in them still reuses the run.
+    """
+    try:
+        old = read_run_config(run_dir).get("config", {})
+    except PeftlabError:
+        return []  # unreadable config of a finished run: the skip is reported elsewhere (`peftlab info`)
+    new = cfg.to_dict()
+    keys = set(_TRAINING_KEYS) | set(getattr(method, "option_keys", ())) | set(getattr(method, "dir_keys", ()))
+    if getattr(method, "low_rank", False):
+        keys.add("rank")
+    if method.name == "adalora":
+        keys |= _ADALORA_KEYS
+
+    def pick(config: dict) -> dict:
+        out = {k: config.get(k) for k in keys}
+        if isinstance(out.get("targets"), list):  # a set of matrices: typing order does not change the run
+            out["targets"] = sorted(out["targets"])
+        return out
+
+    return _config_diff(pick(old), pick(new))
 
 
 def _config_diff(old: dict, new: dict) -> list[str]:
