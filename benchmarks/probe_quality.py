@@ -30,7 +30,7 @@ def main() -> None:
     import torch
 
     from peftlab.heads.probe import probe_splits, train_probe
-    from peftlab.heads.subset import make_subset, subset_rows, tokenize_batches
+    from peftlab.heads.subset import length_order, make_subset, reorder, subset_rows, tokenize_batches
     from peftlab.models import load_model, load_tokenizer
     from peftlab.tasks import get_task, load_split, metrics_from_logits
 
@@ -49,7 +49,9 @@ def main() -> None:
         parts = []
         for part in ("train", "select", "heldout"):
             text_a, text_b, labels = subset_rows(train, splits[part])
-            parts.append(tokenize_batches(tokenizer, text_a, text_b, labels, max_len, args.batch_size,
+            order = length_order(tokenizer, text_a, text_b, max_len)  # as ensure_probe batches them
+            parts.append(tokenize_batches(tokenizer, reorder(text_a, order), reorder(text_b, order),
+                                          reorder(labels, order), max_len, args.batch_size,
                                           regression=spec.is_regression))
 
         def task_metric(logits, labels, spec=spec) -> float:

@@ -378,3 +378,36 @@ def test_measure_refuses_non_finite_weights(runs, tmp_path):
     with pytest.raises(PeftlabError, match="non-finite weights"):
         _measure(run_dir, steps="importance_post")
     assert not (run_dir / "importance_post.jsonl").exists()
+
+
+def test_per_example_columns_follow_subset_indices_although_batches_are_length_sorted(runs, tmp_path):
+    """Batches are formed in token-length order (less padding); the per-example matrix must still have
+    column j = the subset's j-th index, i.e. equal the d_i of a sweep over batches in index order."""
+    from peftlab.heads.importance import exact_importance
+    from peftlab.heads.subset import load_subset_rows, read_subset, run_config, subset_batches, tokenize_batches
+    from peftlab.runs import load_run_model
+
+    run_dir = _copy_run(runs["fft"], tmp_path / "out" / "FFT" / "RTE" / "seed1")
+    # dev rows of different lengths (the generated ones all tokenize to one length): row i keeps 2 + i % 9 words
+    data_dir = write_generated_rte(tmp_path / "data", n_train=80, n_dev=40)
+    dev = data_dir / "glue" / "RTE" / "dev.tsv"
+    header, *lines = dev.read_text(encoding="utf-8").splitlines()
+    cut = [line.split("\t") for line in lines]
+    dev.write_text("\n".join([header] + ["\t".join([i, " ".join(a.split()[:2 + int(i) % 9]) + ".", b, y])
+                                         for i, a, b, y in cut]) + "\n", encoding="utf-8")
+    config = read_json(run_dir / "run_config.json")
+    config["config"]["data_dir"] = str(data_dir)
+    (run_dir / "run_config.json").write_text(json.dumps(config), encoding="utf-8")
+    _measure(run_dir, steps="subset,importance_post", importance="exact", impl="naive")
+    saved = np.load(run_dir / "importance_post_per_example.npy")
+    model, tokenizer, _ = load_run_model(run_dir, "final")
+    model.eval()
+    batches, order = subset_batches(run_dir, tokenizer, 8, with_order=True)
+    assert sorted(order) == list(range(16)) and order != list(range(16))  # really permuted on this data
+    lengths = [int(b["attention_mask"][i].sum()) for b in batches for i in range(b["attention_mask"].shape[0])]
+    assert lengths == sorted(lengths)
+    text_a, text_b, labels = load_subset_rows(read_subset(run_dir), str(data_dir))
+    in_index_order = tokenize_batches(tokenizer, text_a, text_b, labels, int(run_config(run_dir)["max_len"]), 8)
+    reference = []
+    exact_importance(model, in_index_order, "naive", on_head=lambda result: reference.append(result.d), progress=False)
+    np.testing.assert_allclose(saved, np.array(reference), rtol=0, atol=1e-5)

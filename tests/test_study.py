@@ -94,8 +94,8 @@ def test_quick_profile_is_sst2_demo_and_rte_one_flag_away():
     assert profile_settings("quick", "RTE")["subset_size"] == 256
     plan = StudyPlan("SST-2", ["fft", "lora"], [1], [8], "quick")
     fft, lora = _configs(plan)
-    assert (fft.task, fft.max_len, fft.max_train_samples, fft.epochs) == ("SST-2", 64, 8192, 1)
-    assert (fft.lr, lora.lr) == (1e-4, 1e-3)
+    assert (fft.task, fft.max_len, fft.max_train_samples, fft.epochs) == ("SST-2", 64, 12288, 1)
+    assert (fft.lr, lora.lr) == (1e-4, 2e-3)
     user = _configs(StudyPlan("SST-2", ["lora"], [1], [8], "quick", overrides=["lr=1e-3"]))[0]
     assert user.lr == 1e-3  # user overrides win over the profile's lr
     (rte,) = _configs(StudyPlan("RTE", ["fft"], [1], [8], "quick"))

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         methods: List[str] = typer.Option(["fft", "lora"], help="Methods, e.g. --methods fft lora or fft,lora."),
         seeds: List[str] = typer.Option(["1"], help="Seeds, e.g. --seeds 1 2 3."),
         ranks: List[str] = typer.Option(["8"], help="LoRA ranks, e.g. --ranks 4 8 16 32."),
-        profile: str = typer.Option("quick", help="quick (short training; SST-2: 8192 rows, subset 512; others: 1024 rows, subset 256) or full."),
+        profile: str = typer.Option("quick", help="quick (short training; SST-2: 12288 rows, subset 512; others: 1024 rows, subset 256) or full."),
         model: Optional[str] = typer.Option(None, help="Model dir or Hub id; default: packaged all-MiniLM-L6-v2."),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Data root (else $PEFTLAB_DATA, else ./data)."),
         out: str = typer.Option("outputs", help="Output root."),
@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """The quick study on the packaged all-MiniLM-L6-v2: FFT vs LoRA r=8, seed 1.
 
-        SST-2 (default): 8192 training rows at max_len 64, eval subset 512 dev rows. --task rte: the
+        SST-2 (default): 12288 training rows at max_len 64, eval subset 512 dev rows. --task rte: the
         quick profile's RTE settings (1024 rows, max_len 128, subset 256). Same as
         `peftlab study --task TASK --profile quick`.
         """

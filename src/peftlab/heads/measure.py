@@ -138,6 +138,7 @@ class Measurement:
         self.timer = StepTimer()
         self._models: dict[str, Any] = {}
         self._batches = None
+        self.order: list[int] | None = None  # batch position -> subset position
         self.probe_info: dict[str, Any] | None = None
 
     def say(self, text: str) -> None:
@@ -199,8 +200,20 @@ class Measurement:
         if self._batches is None:
             from peftlab.heads.subset import subset_batches
 
-            self._batches = subset_batches(self.run_dir, self.tokenizer(), self.batch_size)
+            self._batches, self.order = subset_batches(self.run_dir, self.tokenizer(), self.batch_size,
+                                                       with_order=True)
         return self._batches
+
+    def in_subset_order(self, values):
+        """A per-example vector in batch order (length-sorted, see heads/subset.py) in the order of the
+        subset's `indices`: out[order[j]] = values[j]."""
+        import numpy as np
+
+        if values is None:
+            return None
+        out = np.empty_like(values)
+        out[np.asarray(self.order)] = values  # [N] batch order -> [N] order of eval_subset.json indices
+        return out
 
     def probe_row_fields(self) -> dict[str, Any]:
         """The probe's held-out quality for pre rows (theta0 "probe"); values null when probe.json lacks them."""
@@ -273,7 +286,7 @@ def step_importance(m: Measurement, phase: str, settings: dict[str, Any]) -> Non
         row = dict(result.row)
         dL_dgate = gradient_of.get((row["layer"], row["head"]))
         row.update(extra, dL_dgate=dL_dgate, taylor=None if dL_dgate is None else abs(dL_dgate))
-        sweep.append(_ordered(row, IMPORTANCE_KEYS), result.d)
+        sweep.append(_ordered(row, IMPORTANCE_KEYS), m.in_subset_order(result.d))
 
     with m.timer.part("exact"):
         exact_importance(model, m.batches(), m.impl, done=[(r["layer"], r["head"]) for r in done_rows],
