@@ -40,7 +40,7 @@ import torch.nn as nn
 from peftlab.arch import head_shape
 from peftlab.heads.ablation import HeadResult, SubsetScore, importance_row, iter_naive_importance, resolve_metric
 from peftlab.heads.batches import MetricFn, check_batches, measurement_mode, model_device, progress_bar, to_device
-from peftlab.heads.layer_replay import BatchRecord, LayerReplay
+from peftlab.heads.layer_replay import BatchRecord, LayerReplay, take_rows
 
 
 def _close(fast: torch.Tensor, reference: torch.Tensor) -> bool:
@@ -55,6 +55,14 @@ def _self_check(replay: LayerReplay, record: BatchRecord, from_earlier_layer: bo
     if problems:
         return problems
     last = replay.n_layers - 1
+    if replay.read_rows:
+        # The last layer at the read rows alone (layer_replay.READ_ROWS_ATTENTION) is an optimisation: where
+        # it does not reproduce the real forward's last o-proj input at the read rows, the full last layer runs.
+        try:
+            rows = replay.read_ctx(record, record.layer_inputs[last], read_rows=True)
+            replay.read_rows = _close(rows, take_rows(record.last_ctx, record.read))
+        except Exception:  # noqa: BLE001 — an attention code path this trick does not fit; not an error
+            replay.read_rows = False
     logits, _ = replay.forward_from(record, last, record.layer_inputs[last], record.last_ctx)
     if not _close(logits, record.logits):
         problems.append("restarting at the last layer does not reproduce the model's logits "
