@@ -55,6 +55,8 @@ def parse_args():
     parser.add_argument("--run", default=None, help="run dir for --cli (default: a throwaway FFT run)")
     parser.add_argument("--profile", action="store_true",
                         help="profile each impl once (torch.profiler self CPU + cProfile) instead of timing")
+    parser.add_argument("--profile-impls", default="naive,fast", help="impls to profile (comma list)")
+    parser.add_argument("--no-cprofile", action="store_true", help="--profile: torch.profiler only")
     args = parser.parse_args()
     args.cli = args.cli or args.cli_only
     return args
@@ -122,7 +124,7 @@ def cli_compare(args, model_dir: str | None) -> None:
           f"max |ΔI| between the commands = {diff:.2e} (goal ≤ 1e-5)")
 
 
-def profile(model, batches, exact_importance) -> None:
+def profile(model, batches, exact_importance, impls=("naive", "fast"), python=True) -> None:
     """Top ops (torch.profiler, self CPU) and top Python functions (cProfile, own time) of each impl."""
     import cProfile
     import io
@@ -134,7 +136,7 @@ def profile(model, batches, exact_importance) -> None:
 
     shape = head_shape(model)
     warm = [(layer, head) for layer in range(shape.n_layers) for head in range(shape.n_heads)][1:]
-    for impl in ("naive", "fast"):
+    for impl in impls:
         exact_importance(model, batches[:1], impl=impl, progress=False, done=warm)  # warm-up: one head
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             start = time.perf_counter()
@@ -142,6 +144,8 @@ def profile(model, batches, exact_importance) -> None:
             wall = time.perf_counter() - start
         print(f"\n== {impl}: {wall:.1f} s under torch.profiler; top ops by self CPU")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+        if not python:
+            continue
         stats = cProfile.Profile()
         stats.enable()
         exact_importance(model, batches, impl=impl, progress=False)
@@ -200,7 +204,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
     print(f"classifier head: {head}")
     if args.profile:
-        profile(model, batches, exact_importance)
+        profile(model, batches, exact_importance, args.profile_impls.split(","), not args.no_cprofile)
         return
 
     # Interleaved, batch by batch, alternating which path goes first: both see the same machine load
