@@ -2,6 +2,21 @@
 
     .venv/bin/python benchmarks/sweep.py                      # 256 RTE dev rows, max_len 128, batch 32
     .venv/bin/python benchmarks/sweep.py --n-examples 32      # quick (while iterating)
+    .venv/bin/python benchmarks/sweep.py --cli --head init    # + the two real `peftlab measure` commands
+    .venv/bin/python benchmarks/sweep.py --layers 12 --head init --n-examples 64   # 12 random layers, same width
+    .venv/bin/python benchmarks/sweep.py --profile --n-examples 32 --head init     # top ops / functions per impl
+
+`--cli` also times what a user runs, as whole commands in fresh processes, on one throwaway FFT run
+(trained on 16 RTE rows in a temp dir; its θ0 = the pretrained body + seeded classifier) or `--run DIR`:
+
+    python -m peftlab measure RUN --steps subset,importance_pre --theta0 init --subset-size N --impl naive --force
+    python -m peftlab measure RUN ... --impl fast
+
+`--cli-reps` pairs, alternating which goes first; prints each command's wall time, the ratio per pair,
+the median, the torch thread count of the children, and max |ΔI| between the two commands' rows.
+`--threads T` sets torch's threads in-process and OMP_NUM_THREADS for the commands (default: torch's
+choice, i.e. what users get). `--layers L` (≠ 6) replaces MiniLM by a random-weight BERT of the same
+width with L layers (a config copy of MiniLM; for `--cli` saved with MiniLM's tokenizer as the run's model).
 
 Both sweeps use the same model, subset and batches, interleaved batch by batch (alternating which goes
 first) so that both see the same machine load. Prints the time of each, the ratio naive/fast (total and
@@ -32,7 +47,113 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--skip-naive", action="store_true", help="time the fast path only")
-    return parser.parse_args()
+    parser.add_argument("--layers", type=int, default=6,
+                        help="6: the pretrained MiniLM-L6; other: random-weight MiniLM-width BERT with this many layers")
+    parser.add_argument("--cli", action="store_true", help="also time the two real `peftlab measure` commands")
+    parser.add_argument("--cli-only", action="store_true", help="only the CLI comparison (implies --cli)")
+    parser.add_argument("--cli-reps", type=int, default=1, help="naive/fast command pairs (alternating order)")
+    parser.add_argument("--run", default=None, help="run dir for --cli (default: a throwaway FFT run)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile each impl once (torch.profiler self CPU + cProfile) instead of timing")
+    parser.add_argument("--profile-impls", default="naive,fast", help="impls to profile (comma list)")
+    parser.add_argument("--no-cprofile", action="store_true", help="--profile: torch.profiler only")
+    args = parser.parse_args()
+    args.cli = args.cli or args.cli_only
+    return args
+
+
+def random_model_dir(n_layers: int, seed: int, out: str) -> str:
+    """A MiniLM-width BERT with `n_layers` random (seeded, HF init) layers, saved with MiniLM's tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from peftlab.models import load_tokenizer, resolve_model
+
+    config = AutoConfig.from_pretrained(resolve_model(None), num_hidden_layers=n_layers, num_labels=2)
+    torch.manual_seed(seed)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
+    load_tokenizer(None).save_pretrained(out)
+    return out
+
+
+def cli_compare(args, model_dir: str | None) -> None:
+    """Time `peftlab measure ... --impl naive` and `--impl fast` as whole commands on one run."""
+    import json
+    import resource
+    import subprocess
+    import sys
+    import tempfile
+
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    python = sys.executable
+    threads = subprocess.run([python, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run
+        if run is None:
+            train = [python, "-m", "peftlab", "train", "--task", "RTE", "--method", "fft", "--seed", "1",
+                     "--epochs", "1", "--max-train-samples", "16", "--max-eval-samples", "16", "--out", tmp]
+            if model_dir:
+                train += ["--model", model_dir]
+            subprocess.run(train, env=env, check=True, capture_output=True)
+            run = next(str(p.parent) for p in __import__("pathlib").Path(tmp).rglob("final_metrics.json"))
+        base = [python, "-m", "peftlab", "measure", run, "--steps", "subset,importance_pre", "--theta0", "init",
+                "--subset-size", str(args.n_examples), "--batch-size", str(args.batch_size), "--force"]
+        print(f"CLI: {' '.join(base[1:])} --impl naive|fast  (torch threads in the commands: {threads})", flush=True)
+        seconds = {"naive": [], "fast": []}
+        rows = {}
+        for rep in range(args.cli_reps):
+            for impl in (("naive", "fast") if rep % 2 == 0 else ("fast", "naive")):
+                cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+                start = time.perf_counter()
+                subprocess.run(base + ["--impl", impl], env=env, check=True, capture_output=True)
+                wall = time.perf_counter() - start
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu_s = after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime
+                seconds[impl].append(wall)
+                with open(os.path.join(run, "importance_pre.jsonl")) as handle:
+                    rows[impl] = [json.loads(line) for line in handle]
+                print(f"  pair {rep + 1}: {impl:5s} command {wall:7.1f} s wall, {cpu_s:7.1f} s CPU", flush=True)
+    ratios = sorted(n / f for n, f in zip(seconds["naive"], seconds["fast"]))
+    diff = max(abs(a["I"] - b["I"]) for a, b in zip(rows["naive"], rows["fast"]))
+    impls = {row["impl"] for row in rows["fast"]}
+    print(f"CLI naive/fast = {statistics.median(ratios):.2f}x (median of {len(ratios)} paired whole-command ratios, "
+          f"range {ratios[0]:.2f}-{ratios[-1]:.2f}); torch threads {threads}; fast rows impl {sorted(impls)}; "
+          f"max |ΔI| between the commands = {diff:.2e} (goal ≤ 1e-5)")
+
+
+def profile(model, batches, exact_importance, impls=("naive", "fast"), python=True) -> None:
+    """Top ops (torch.profiler, self CPU) and top Python functions (cProfile, own time) of each impl."""
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    from peftlab.arch import head_shape
+
+    shape = head_shape(model)
+    warm = [(layer, head) for layer in range(shape.n_layers) for head in range(shape.n_heads)][1:]
+    for impl in impls:
+        exact_importance(model, batches[:1], impl=impl, progress=False, done=warm)  # warm-up: one head
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            exact_importance(model, batches, impl=impl, progress=False)
+            wall = time.perf_counter() - start
+        print(f"\n== {impl}: {wall:.1f} s under torch.profiler; top ops by self CPU")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
+        if not python:
+            continue
+        stats = cProfile.Profile()
+        stats.enable()
+        exact_importance(model, batches, impl=impl, progress=False)
+        stats.disable()
+        text = io.StringIO()
+        pstats.Stats(stats, stream=text).sort_stats("tottime").print_stats(12)
+        print(f"== {impl}: top Python functions by own time (cProfile)")
+        print("\n".join(line for line in text.getvalue().splitlines() if line.strip())[-2500:])
 
 
 def main() -> None:
@@ -49,13 +170,21 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     data_dir = os.environ.get("PEFTLAB_DATA") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+    os.environ.setdefault("PEFTLAB_DATA", data_dir)
+    import tempfile
+
+    model_tmp = tempfile.TemporaryDirectory()
+    model_dir = random_model_dir(args.layers, args.seed, model_tmp.name) if args.layers != 6 else None
+    if args.cli_only:
+        cli_compare(args, model_dir)
+        return
     tokenizer = load_tokenizer(None)
     dev = load_split("rte", "dev", data_dir)
     n = min(args.n_examples, len(dev.labels))
     batches = tokenize_batches(tokenizer, dev.text_a[:n], dev.text_b[:n], dev.labels[:n], args.max_len,
                                args.batch_size)
     torch.manual_seed(args.seed)
-    model = load_model(None, num_labels=2).eval()
+    model = load_model(model_dir, num_labels=2).eval()
     head = "seeded random init (seed %d)" % args.seed
     if args.head == "probe":
         train = load_split("rte", "train", data_dir)
@@ -68,10 +197,15 @@ def main() -> None:
                 f"(held-out acc {info['heldout_metric']:.3f} vs chance {info['chance_metric']:.3f})")
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     padded = sum(int(b["input_ids"].numel()) for b in batches)
-    print(f"MiniLM-L6 (6 layers x 12 heads), RTE dev rows 0..{n - 1}, max_len {args.max_len}, "
+    body = "MiniLM-L6 (6 layers x 12 heads)" if model_dir is None else \
+        f"random-weight MiniLM-width BERT ({args.layers} layers x 12 heads)"
+    print(f"{body}, RTE dev rows 0..{n - 1}, max_len {args.max_len}, "
           f"batch {args.batch_size}, {len(batches)} batches, {tokens} tokens ({padded} padded), "
           f"torch threads {torch.get_num_threads()}")
     print(f"classifier head: {head}")
+    if args.profile:
+        profile(model, batches, exact_importance, args.profile_impls.split(","), not args.no_cprofile)
+        return
 
     # Interleaved, batch by batch, alternating which path goes first: both see the same machine load
     # (a lone absolute time on a shared machine means little). Per-batch rows are combined into
@@ -114,7 +248,9 @@ def main() -> None:
     median_ratio = statistics.median(ratios)
     print(f"speed-up naive/fast = {naive_s / fast_s:.2f}x (total); median per-batch paired ratio {median_ratio:.2f}x "
           f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f}); max |ΔI| = {max_diff:.2e} over the subset, "
-          f"{per_batch_diff:.2e} per batch (goal ≤ 1e-5)")
+          f"{per_batch_diff:.2e} per batch (goal ≤ 1e-5); torch threads {torch.get_num_threads()}")
+    if args.cli:
+        cli_compare(args, model_dir)
 
 if __name__ == "__main__":
     main()

@@ -43,6 +43,48 @@ def test_fast_equals_naive(family, loud_tiny_model, tiny_batches):
     assert all(list(r) == ROW_KEYS and r["n_examples"] == 5 for r in fast)
 
 
+@pytest.mark.parametrize("family, expected", [("bert", True), ("roberta", True), ("electra", True),
+                                              ("deberta-v2", False), ("llama", False), ("gpt2", False)])
+def test_last_layer_at_the_read_rows_only_equals_the_full_last_layer(family, expected, loud_tiny_model,
+                                                                     tiny_batches):
+    """Issue 12: BERT-like encoders run the last layer's q and attention for the read rows alone; causal
+    decoders (mask may be implied), fused q/k/v and DeBERTa's eager attention keep the full last layer."""
+    from peftlab.heads.batches import measurement_mode
+    from peftlab.heads.layer_replay import LayerReplay, take_rows
+
+    model = loud_tiny_model(family)
+    replay = LayerReplay(model)
+    assert replay.read_rows is expected
+    with measurement_mode(model), torch.no_grad():
+        for batch in tiny_batches():
+            record = replay.record(batch, keep_layer_inputs=True)
+            x_last = record.layer_inputs[-1]
+            full = replay.read_ctx(record, x_last, read_rows=False)
+            assert torch.equal(full, take_rows(record.last_ctx, record.read))
+            if expected:
+                rows = replay.read_ctx(record, x_last, read_rows=True)
+                assert rows.shape == full.shape and torch.allclose(rows, full, atol=1e-5, rtol=1e-5)
+    assert model.config._attn_implementation != "peftlab_read_rows"  # the model's own attention is restored
+
+
+def test_a_read_rows_attention_that_disagrees_is_switched_off_not_used(loud_tiny_model, tiny_batches, monkeypatch):
+    from transformers.modeling_utils import AttentionInterface
+
+    from peftlab.heads import layer_replay
+
+    def wrong(module, query, key, value, attention_mask, **kwargs):  # a read-rows attention gone wrong
+        n_rows, n_heads, seq_len, d_head = query.shape
+        return torch.zeros(n_rows, seq_len, n_heads, d_head), None
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, layer_replay.READ_ROWS_ATTENTION, wrong)
+    model, batches = loud_tiny_model("bert"), tiny_batches()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback to naive: only the optimisation is dropped
+        fast = exact_importance(model, batches, impl="fast", progress=False)
+    assert [r["impl"] for r in fast] == ["fast"] * 8
+    assert_same_rows(fast, exact_importance(model, batches, impl="naive", progress=False))
+
+
 @pytest.mark.parametrize("family", ["bert", "llama", "gpt2"])
 def test_fast_without_the_layer_input_cache_equals_naive(family, loud_tiny_model, tiny_batches):
     model, batches = loud_tiny_model(family), tiny_batches()

@@ -120,6 +120,14 @@ def test_every_output_for_every_method(runs):
     parts = manifests["fft"]["steps"]
     assert parts["importance_post"]["parts"]["taylor"] > 0 and parts["importance_post"]["parts"]["exact"] > 0
     assert parts["gradfisher_pre"]["parts"]["gradfisher"] > 0
+    # the report shows these step times side by side (issue 12)
+    from peftlab.analysis.report import measure_times
+
+    times = measure_times(fft)
+    assert times["exact I_post s (fast)"] == round(parts["importance_post"]["parts"]["exact"], 1)
+    assert times["Taylor post s"] == round(parts["importance_post"]["parts"]["taylor"], 1)
+    assert times["G, F s"] == round(parts["gradfisher_pre"]["parts"]["gradfisher"], 1)
+    assert measure_times(lora)["exact I_pre s (fast)"] == "reused"
     # θ1 differs
     assert (fft / "importance_post.jsonl").read_bytes() != (lora / "importance_post.jsonl").read_bytes()
 

@@ -240,6 +240,32 @@ def summary_section(runs: list[tuple[Path, dict, dict]]) -> Section:
     return Section("Read this first", blocks)
 
 
+def measure_times(run_dir: Path) -> dict[str, Any]:
+    """Seconds of the measurement steps from `measure_manifest.json` (`steps.<step>.parts`, bookkeeping.StepTimer).
+
+    exact sweeps (with their impl), Taylor (one forward + backward per batch; only with --importance
+    taylor|both) and G, F (gradfisher_pre, per-example gate gradients) side by side; "reused" when a step was
+    copied from a sibling run, "not run" when the manifest has no such step or part.
+    """
+    path = run_dir / "measure_manifest.json"
+    steps = (read_json(path).get("steps") or {}) if path.is_file() else {}
+
+    def part(step: str, name: str) -> Any:
+        entry = steps.get(step) or {}
+        if entry.get("reused_from"):
+            return "reused"
+        value = (entry.get("parts") or {}).get(name)
+        return "not run" if value is None else round(float(value), 1)
+
+    row: dict[str, Any] = {}
+    for phase in ("pre", "post"):
+        impl = ((steps.get(f"importance_{phase}") or {}).get("settings") or {}).get("impl")
+        row[f"exact I_{phase} s" + (f" ({impl})" if impl else "")] = part(f"importance_{phase}", "exact")
+        row[f"Taylor {phase} s"] = part(f"importance_{phase}", "taylor")
+    row["G, F s"] = part("gradfisher_pre", "gradfisher")
+    return row
+
+
 def _rho_or_why(entry: dict | None) -> str:
     if not entry:
         return "not measured"
@@ -263,7 +289,7 @@ def _run_sections(runs: list[tuple[Path, dict, dict]]) -> list[Section]:
         scores.append({"run": name, "metric": final.get("main_metric"),
                        "dev score": final.get("score"), "train s": (final.get("timing") or {}).get("train_s"),
                        "trainable params": final.get("trainable_params"),
-                       "peak memory MB": final.get("peak_memory_mb")})
+                       "peak memory MB": final.get("peak_memory_mb"), **measure_times(run_dir)})
         taylor = stats.get("taylor_vs_exact") or {}
         probe = read_json(run_dir / "probe.json") if (run_dir / "probe.json").is_file() else {}
         row = {"run": name, "θ0 classifier": stats.get("theta0"),

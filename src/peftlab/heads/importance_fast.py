@@ -7,15 +7,20 @@ nothing before the o-proj of layer l. So, per batch:
   2. per layer l, the attention core runs once (o-proj input ctx_l, shared by all heads of l);
   3. per head h: ctx_l with head h's d_head columns zeroed → the position-wise layer tail
      (o-proj, residual, norms, FFN; `ArchSpec.tail_kind/tail_paths`) → layers l+1 .. L-2 in full →
-     the last layer's attention core on all positions but its tail only at the position the
-     classifier reads (`ArchSpec.read_position`) → the model's own head and loss.
+     the last layer's k/v on all positions but its q, attention and tail only at the position the
+     classifier reads (`ArchSpec.read_position`; q and attention at the read rows where the self-check
+     allows it, `layer_replay.READ_ROWS_ATTENTION`) → the model's own head and loss, run on the read
+     column of the inputs only.
 All modules are the model's own (LoRA/PEFT wrappers included), called on the same inputs, so the
 results equal the naive path up to float summation order (|ΔI| ~ 1e-7 in fp32). Rows, per-example
 losses and their differences d_i are built by `heads/ablation.py`, the same code as the naive path.
 
-Cost per head of layer l, in units of one layer on the full batch: ~0.7 (tail) + (L-2-l) full layers
-+ ~0.3 (last attention core); ~0 for l = L-1. For 6 layers that is ≈ 2.3× fewer FLOPs than the naive
-L layers per head.
+Cost per head of layer l, in units of one layer on the full batch (MiniLM profile: tail ≈ 0.71,
+q/k/v ≈ 0.19, attention ≈ 0.09): ≈ 0.71 (tail) + (L-2-l) full layers + ≈ 0.13 (last layer's k, v);
+≈ 0 for l = L-1 — against L layers per head for naive. For 6 layers that is ≈ 2.5× fewer FLOPs
+(≈ 2.4× with the whole last-layer attention core); for 12 layers ≈ 2.2×: the bound falls towards 2×
+as L grows (a head of layer l still needs layers l..L-1, on average half the model). Measured ratios:
+benchmarks/README.md.
 
 Memory: the layer inputs x_l of every batch are kept when they fit in `memory_mb`
 (L · N · T · hidden floats); otherwise only the current layer's are kept and each layer is re-run
@@ -40,7 +45,7 @@ import torch.nn as nn
 from peftlab.arch import head_shape
 from peftlab.heads.ablation import HeadResult, SubsetScore, importance_row, iter_naive_importance, resolve_metric
 from peftlab.heads.batches import MetricFn, check_batches, measurement_mode, model_device, progress_bar, to_device
-from peftlab.heads.layer_replay import BatchRecord, LayerReplay
+from peftlab.heads.layer_replay import BatchRecord, LayerReplay, take_rows
 
 
 def _close(fast: torch.Tensor, reference: torch.Tensor) -> bool:
@@ -55,6 +60,14 @@ def _self_check(replay: LayerReplay, record: BatchRecord, from_earlier_layer: bo
     if problems:
         return problems
     last = replay.n_layers - 1
+    if replay.read_rows:
+        # The last layer at the read rows alone (layer_replay.READ_ROWS_ATTENTION) is an optimisation: where
+        # it does not reproduce the real forward's last o-proj input at the read rows, the full last layer runs.
+        try:
+            rows = replay.read_ctx(record, record.layer_inputs[last], read_rows=True)
+            replay.read_rows = _close(rows, take_rows(record.last_ctx, record.read))
+        except Exception:  # noqa: BLE001 — an attention code path this trick does not fit; not an error
+            replay.read_rows = False
     logits, _ = replay.forward_from(record, last, record.layer_inputs[last], record.last_ctx)
     if not _close(logits, record.logits):
         problems.append("restarting at the last layer does not reproduce the model's logits "

@@ -85,10 +85,57 @@ class BatchRecord:
     logits: torch.Tensor
     loss: torch.Tensor
     problems: list[str] = field(default_factory=list)
+    head_inputs: dict = field(default_factory=dict)  # `inputs` with every [B, T] tensor cut to its read column
 
     @property
     def labels(self) -> torch.Tensor:
         return self.inputs["labels"]
+
+
+# -- the last layer at the read rows only ---------------------------------------------------------------
+#
+# The classifier reads one row of the last layer, and an attention output row t depends only on the query
+# q_t (and on all keys and values). So in the last layer the query projection and the attention need only
+# the read rows: a hook gives the q module the read rows [B, 1, hidden] and hands back its output expanded
+# (stride 0) to [B, T, ·], and the attention function, reached through transformers' own attention
+# registry (`AttentionInterface`) under a key of ours, attends with the read queries alone and expands its
+# output back. The other rows of the last layer's o-proj input are then copies of the read row; nothing
+# reads them. Saves the q matmul and T-1 of T attention rows of the last layer, per head. Used only where
+# the self-check in importance_fast.py finds it reproduces the full computation.
+
+READ_ROWS_ATTENTION = "peftlab_read_rows"
+_read_rows_state: dict = {}  # while a read-rows call runs: "impl" (the model's attention key), "read" [B]
+
+
+def _read_rows_attention(module, query, key, value, attention_mask, **kwargs):
+    """The model's attention function on the read rows' queries: query [B, n_heads, T, d_head] → [B, n_heads, 1, d_head].
+
+    Returns the function's output [B, 1, n_heads, d_head] expanded to [B, T, n_heads, d_head], and its weights.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    function = ALL_ATTENTION_FUNCTIONS[_read_rows_state["impl"]]
+    read = _read_rows_state["read"]
+    n_rows, seq_len = query.shape[0], query.shape[2]
+    if kwargs.get("position_bias") is not None:  # a bias over all query rows: keep the full computation
+        return function(module, query, key, value, attention_mask, **kwargs)
+    rows = torch.arange(n_rows, device=query.device)
+    query_rows = query[rows, :, read].unsqueeze(2)  # [B, H, T, d] -> [B, H, d] -> [B, H, 1, d]
+    mask = attention_mask
+    if mask is not None and mask.dim() == 4 and mask.shape[-2] == seq_len:
+        mask = mask.expand(n_rows, -1, -1, -1)[rows, :, read].unsqueeze(2)  # [B, 1|H, T, Tk] -> [B, 1|H, 1, Tk]
+    output, weights = function(module, query_rows, key, value, mask, **kwargs)
+    if output.shape[:2] != (n_rows, 1):
+        raise PeftlabError(f"attention '{_read_rows_state['impl']}' returned {tuple(output.shape)}, expected "
+                           f"[{n_rows}, 1, n_heads, d_head]")
+    return output.expand(n_rows, seq_len, *output.shape[2:]), weights  # [B, 1, H, d] -> [B, T, H, d] (stride 0)
+
+
+def _register_read_rows_attention() -> None:
+    from transformers.modeling_utils import AttentionInterface
+
+    if READ_ROWS_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(READ_ROWS_ATTENTION, _read_rows_attention)
 
 
 class _FixedOutputLayer(nn.Module):
@@ -128,8 +175,15 @@ def read_positions(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def take_rows(values: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
-    """values[b, read[b]] for every row b: [B, T, C] -> [B, 1, C]."""
+    """values[b, read[b]] for every row b: [B, T, ...] -> [B, 1, ...]."""
     return values[torch.arange(values.shape[0], device=values.device), read].unsqueeze(1)
+
+
+def read_column(inputs: dict, read: torch.Tensor) -> dict:
+    """`inputs` with every [B, T] tensor (ids, masks, token types, positions) cut to [B, 1] at `read`."""
+    n_rows, seq_len = inputs["input_ids"].shape
+    return {key: take_rows(value, read) if isinstance(value, torch.Tensor) and value.shape[:2] == (n_rows, seq_len)
+            and key != "labels" else value for key, value in inputs.items()}
 
 
 class LayerReplay:
@@ -144,6 +198,31 @@ class LayerReplay:
         self.unsupported: str | None = None
         if self.spec.tail_kind not in ("post_ln", "pre_ln") or len(self.spec.tail_paths) != 3:
             self.unsupported = f"ArchSpec '{self.spec.family}' has no layer tail (tail_kind/tail_paths)"
+        # Last layer at the read rows only (see READ_ROWS_ATTENTION): switched off by `importance_fast`
+        # when its self-check does not reproduce the full last layer.
+        self.read_rows = self._read_rows_attention_module() is not None
+
+    def _read_rows_attention_module(self) -> nn.Module | None:
+        """The last layer's attention module (parent of q) when its attention can run on the read rows alone.
+
+        Needs a separate q module, a non-causal attention (a causal one may rely on `is_causal` instead of
+        a mask) and an attention function from transformers' registry (`config._attn_implementation`).
+        """
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        q_path = self.spec.paths.get("q", ("",))[0]
+        if self.spec.fused_qkv or "." not in q_path:
+            return None
+        try:
+            attention = self.layers[-1].get_submodule(q_path.rsplit(".", 1)[0])
+        except AttributeError:
+            return None
+        config = getattr(attention, "config", None)
+        impl = getattr(config, "_attn_implementation", None)
+        if getattr(attention, "is_causal", False) or not isinstance(impl, str) or impl == READ_ROWS_ATTENTION \
+                or impl not in ALL_ATTENTION_FUNCTIONS:
+            return None
+        return attention
 
     def o_module(self, layer: int) -> nn.Module:
         return get_submodule(self.layers[layer], self.spec.o_path)
@@ -201,10 +280,11 @@ class LayerReplay:
                 handle.remove()
         if any(call is None for call in calls) or len(last_ctx) != 1:
             problems.append("not every layer ran exactly once")
+        read = read_positions(self.model, inputs["input_ids"])
         return BatchRecord(inputs=inputs, calls=calls, layer_inputs=layer_inputs,
-                           last_ctx=last_ctx[0] if last_ctx else None,
-                           read=read_positions(self.model, inputs["input_ids"]),
-                           logits=outputs.logits, loss=outputs.loss, problems=problems)
+                           last_ctx=last_ctx[0] if last_ctx else None, read=read,
+                           logits=outputs.logits, loss=outputs.loss, problems=problems,
+                           head_inputs=read_column(inputs, read))
 
     # -- pieces of a layer -------------------------------------------------------------------------
 
@@ -258,18 +338,17 @@ class LayerReplay:
     def head(self, record: BatchRecord, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, loss) of the model whose last layer outputs `rows` [B, 1, hidden] at the read positions.
 
-        Other positions are zeros: the classifier reads only the read position (checked by the
-        self-checks in importance_fast.py, which compare with a real forward pass).
+        The model's own forward runs on the read column of the inputs alone (`head_inputs`: every [B, T]
+        input cut to [B, 1]), with every layer swapped for a stub returning `rows`: embeddings and masks
+        then cost 1/T of a full-width call (profile: ~15 ms per head and batch at T = 128). Exact when the
+        classifier reads only the read position — checked by the self-checks in importance_fast.py, which
+        compare with a real forward pass.
         """
-        input_ids = record.inputs["input_ids"]
-        n_rows, seq_len = input_ids.shape
-        final = rows.new_zeros(n_rows, seq_len, rows.shape[-1])  # [B, T, hidden]
-        final[torch.arange(n_rows, device=final.device), record.read] = rows[:, 0]
         originals = list(self.layers)
         try:
             for layer, original in enumerate(originals):
-                self.layers[layer] = _FixedOutputLayer(original, record.calls[layer].wrap(final))
-            outputs = self.model(**record.inputs)
+                self.layers[layer] = _FixedOutputLayer(original, record.calls[layer].wrap(rows))
+            outputs = self.model(**record.head_inputs)
         finally:
             for layer, original in enumerate(originals):
                 self.layers[layer] = original
@@ -289,6 +368,45 @@ class LayerReplay:
         hidden = self.tail(layer, x, ctx)
         for later in range(layer + 1, last):
             hidden, _ = self.run_layer(later, hidden, record.calls[later])
-        last_ctx = self.attention_ctx(last, hidden, record.calls[last])
-        rows = self.tail(last, take_rows(hidden, record.read), take_rows(last_ctx, record.read))
+        rows = self.tail(last, take_rows(hidden, record.read), self.read_ctx(record, hidden))
         return self.head(record, rows)
+
+    def read_ctx(self, record: BatchRecord, hidden: torch.Tensor, read_rows: bool | None = None) -> torch.Tensor:
+        """[B, 1, n_heads·d_head] o-proj input of the last layer at the read rows, given its input `hidden`.
+
+        With `read_rows` (default: `self.read_rows`) q and the attention run for the read rows alone.
+        """
+        last = self.n_layers - 1
+        if not (self.read_rows if read_rows is None else read_rows):
+            return take_rows(self.attention_ctx(last, hidden, record.calls[last]), record.read)
+        attention = self._read_rows_attention_module()
+        q_module = get_submodule(self.layers[last], self.spec.paths["q"][0])
+        n_rows, seq_len = hidden.shape[:2]
+        pending = [True]  # the hooks act once: on the q projection of the hidden states
+
+        def q_rows(module, args, kwargs):
+            if pending[0] and args and tuple(args[0].shape[:2]) == (n_rows, seq_len):
+                return (take_rows(args[0], record.read), *args[1:]), kwargs  # [B, T, hidden] -> [B, 1, hidden]
+            return None
+
+        def q_expand(module, args, kwargs, output):
+            if pending[0] and tuple(output.shape[:2]) == (n_rows, 1):
+                pending[0] = False
+                return output.expand(n_rows, seq_len, *output.shape[2:])  # [B, 1, ·] -> [B, T, ·] (stride 0)
+            return None
+
+        _register_read_rows_attention()
+        config = attention.config
+        impl = config._attn_implementation
+        handles = [q_module.register_forward_pre_hook(q_rows, with_kwargs=True),
+                   q_module.register_forward_hook(q_expand, with_kwargs=True)]
+        _read_rows_state.update(impl=impl, read=record.read)
+        config._attn_implementation_internal = READ_ROWS_ATTENTION  # this config only, not its sub-configs
+        try:
+            ctx = self.attention_ctx(last, hidden, record.calls[last])
+        finally:
+            config._attn_implementation_internal = impl
+            _read_rows_state.clear()
+            for handle in handles:
+                handle.remove()
+        return take_rows(ctx, record.read)
