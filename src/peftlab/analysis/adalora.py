@@ -3,13 +3,20 @@
 Reads only saved files (rank_pattern.jsonl, signal_scores.jsonl, final_summary.json), never a model.
 
     plot_run(run_dir) -> [RUN_DIR/analysis/rank_evolution.png, RUN_DIR/analysis/signal_heatmap.png]
-    compare_signals(task, signals, seeds, out) -> <out>/ADALORA/<TASK>/compare/  (signals.csv, compare.json)
+    compare_signals(task, signals, seeds, out) -> <out>/ADALORA/<TASK>/compare/  (signals.csv, compare.json,
+                                                                                 compare.png)
 
 Comparison statistics (unit resampled: seeds; each seed is one independent training run):
   per signal  mean of the dev main metric, SE = sd(ddof 1)/√n, 95 % t-interval mean ± t_{.975,n−1}·SE
   vs baseline paired by seed: d_s = metric(signal, s) − metric(baseline_adalora, s); mean d, 95 % t-interval,
               p of the paired t-test (scipy.stats.ttest_rel); "not distinguishable" when the interval holds 0,
               "too few seeds" when fewer than 2 seeds are paired.
+  vs LoRA     the same paired comparison against the equal-budget LoRA reference (PEFT LoRA, r = target_r, same
+              targets, seeds and settings; trained by `peftlab adalora run --lora-reference` into
+              <out>/ADALORA/<TASK>/lora_reference/PEFT-LoRA/<TASK>/seed<S>_r<R>/).
+  overlap     of two signals' final rank patterns, per seed s with both runs, then averaged over seeds:
+              shared_rank = Σ_m min(r_a(m), r_b(m)) / min(Σ_m r_a(m), Σ_m r_b(m))   (1 = same allocation)
+              and Spearman ρ of the two rank vectors over modules.
 """
 
 from __future__ import annotations
@@ -24,6 +31,12 @@ from peftlab.errors import PeftlabError
 from peftlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
 
 BASELINE = "baseline_adalora"
+LORA_REFERENCE_DIR = "lora_reference"
+
+
+def lora_reference_root(out: str | Path, task: str) -> Path:
+    """`--out` root of the equal-budget LoRA reference runs of one task (their run dirs lie below it)."""
+    return Path(out) / "ADALORA" / task / LORA_REFERENCE_DIR
 
 
 def _rows(path: Path, what: str) -> list[dict]:
@@ -120,21 +133,71 @@ def _mean_ci(values: list[float]) -> dict:
     return {"n": n, "mean": mean, "se": se, "ci_low": mean - half, "ci_high": mean + half}
 
 
-def compare_signals(task: str, signals: list[str], seeds: list[int], out: str | Path = "outputs") -> Path:
-    """Table of every (signal, seed) AdaLoRA run's final_summary.json and the paired comparison vs baseline."""
+def _paired(runs: dict[int, float], reference: dict[int, float], name: str) -> dict:
+    """Mean paired difference runs − reference over shared seeds, 95 % t-interval, paired t-test, verdict."""
     from scipy import stats
 
+    paired = sorted(set(runs) & set(reference))
+    entry = {"seeds": paired, **_mean_ci([runs[s] - reference[s] for s in paired])}
+    if len(paired) < 2:
+        entry.update(p=None, verdict=f"too few seeds (need ≥ 2 paired with {name})")
+        return entry
+    entry["p"] = float(stats.ttest_rel([runs[s] for s in paired], [reference[s] for s in paired]).pvalue)
+    holds_zero = entry["ci_low"] is None or math.isnan(entry["ci_low"]) or entry["ci_low"] <= 0 <= entry["ci_high"]
+    entry["verdict"] = f"not distinguishable from {name}" if holds_zero else (
+        f"better than {name}" if entry["mean"] > 0 else f"worse than {name}")
+    return entry
+
+
+def rank_overlap(a: dict[str, int], b: dict[str, int]) -> dict:
+    """shared_rank = Σ_m min(a_m, b_m) / min(Σ a, Σ b) and Spearman ρ of the rank vectors over shared modules."""
+    from scipy import stats
+
+    modules = sorted(set(a) & set(b))
+    x, y = np.array([a[m] for m in modules], float), np.array([b[m] for m in modules], float)  # [modules]
+    denominator = min(x.sum(), y.sum())
+    rho = float(stats.spearmanr(x, y).statistic) if len(modules) >= 3 and x.std() > 0 and y.std() > 0 else None
+    return {"shared_rank": float(np.minimum(x, y).sum() / denominator) if denominator > 0 else None,
+            "spearman": rho, "n_modules": len(modules)}
+
+
+def _lora_reference(task: str, seeds: list[int], out, adalora_config: dict) -> tuple[dict, list[str]]:
+    """Scores of the finished equal-budget LoRA reference runs, {seed: score}, and the commands of missing ones."""
+    from peftlab.runs import read_final_metrics
+
+    rank, targets = adalora_config.get("target_r"), adalora_config.get("targets")
+    root = lora_reference_root(out, task)
+    scores, missing = {}, []
+    for seed in seeds:
+        run = root / "PEFT-LoRA" / task / f"seed{seed}_r{rank}"
+        final = read_final_metrics(run)
+        config = (read_json(run / "run_config.json").get("config") or {}) if (run / "run_config.json").is_file() else {}
+        if final and final.get("finished") and isinstance(final.get("score"), (int, float)) \
+                and list(config.get("targets") or []) == list(targets or []):
+            scores[seed] = float(final["score"])
+        else:
+            missing.append(f"peftlab adalora run --task {task} --signals {BASELINE} --seed {seed} --lora-reference "
+                           f"--out {out}   (same KEY=VALUE settings as the AdaLoRA runs)")
+    return {"method": "peft-lora", "rank": rank, "targets": targets, "root": str(root), "scores": scores}, missing
+
+
+def compare_signals(task: str, signals: list[str], seeds: list[int], out: str | Path = "outputs") -> Path:
+    """Table of every (signal, seed) AdaLoRA run's final_summary.json, the paired comparisons vs baseline and vs
+    the equal-budget LoRA reference, the overlap of final rank patterns, and compare.png."""
     from peftlab.tasks import get_task
 
     task = get_task(task).name
     root = Path(out) / "ADALORA" / task
     per_signal: dict[str, dict[int, dict]] = {}
     missing = []
+    config = {}
     for signal in signals:
         for seed in seeds:
             path = root / signal / f"seed{seed}" / "final_summary.json"
             if path.is_file():
                 per_signal.setdefault(signal, {})[seed] = read_json(path)
+                if not config and (path.parent / "run_config.json").is_file():
+                    config = read_json(path.parent / "run_config.json").get("config") or {}
             else:
                 missing.append(f"peftlab adalora run --task {task} --signal {signal} --seed {seed} --out {out}")
     if not per_signal:
@@ -148,28 +211,111 @@ def compare_signals(task: str, signals: list[str], seeds: list[int], out: str | 
                                                    s.get("target_budget"), s.get("budget_ok"),
                                                    s.get("trainable_params_end"), s.get("train_s"))))
         scores = [s["score"] for s in runs.values() if isinstance(s.get("score"), (int, float))]
-        summary["signals"][signal] = {**_mean_ci(scores), "seeds": sorted(runs),
-                                      "budget_ok_all": all(s.get("budget_ok") for s in runs.values())}
-    base = per_signal.get(BASELINE, {})
-    for signal, runs in per_signal.items():
-        if signal == BASELINE:
-            continue
-        paired = sorted(set(runs) & set(base))
-        diffs = [runs[s]["score"] - base[s]["score"] for s in paired]
-        entry = {"seeds": paired, **_mean_ci(diffs)}
-        if len(paired) < 2:
-            entry.update(p=None, verdict="too few seeds (need ≥ 2 paired with baseline_adalora)")
-        else:
-            entry["p"] = float(stats.ttest_rel([runs[s]["score"] for s in paired],
-                                               [base[s]["score"] for s in paired]).pvalue)
-            holds_zero = entry["ci_low"] is None or math.isnan(entry["ci_low"]) or entry["ci_low"] <= 0 <= entry["ci_high"]
-            entry["verdict"] = "not distinguishable from baseline_adalora" if holds_zero else (
-                "better than baseline_adalora" if entry["mean"] > 0 else "worse than baseline_adalora")
-        summary["vs_baseline"][signal] = entry
+        summary["signals"][signal] = {**_mean_ci(scores), "std": float(np.std(scores, ddof=1)) if len(scores) > 1
+                                      else None, "seeds": sorted(runs),
+                                      "budget_ok_all": all(s.get("budget_ok") for s in runs.values()),
+                                      "total_rank": sorted({s.get("total_rank") for s in runs.values()}, key=str),
+                                      "train_s_mean": _mean_ci([s["train_s"] for s in runs.values()
+                                                                if isinstance(s.get("train_s"), (int, float))])["mean"]}
+    score_of = {signal: {seed: s["score"] for seed, s in runs.items() if isinstance(s.get("score"), (int, float))}
+                for signal, runs in per_signal.items()}
+    for signal in per_signal:
+        if signal != BASELINE:
+            summary["vs_baseline"][signal] = _paired(score_of[signal], score_of.get(BASELINE, {}), BASELINE)
+    reference, missing_reference = _lora_reference(task, seeds, out, config)
+    name = f"LoRA r={reference['rank']}"
+    reference.update(_mean_ci(list(reference["scores"].values())))
+    reference["vs_signal"] = {signal: _paired(score_of[signal], reference["scores"], name) for signal in per_signal}
+    summary["lora_reference"] = reference
+    summary["missing_lora_reference"] = missing_reference
+    for seed, score in sorted(reference["scores"].items()):
+        lines.append(",".join(str(x) for x in (f"lora_r{reference['rank']}", seed, None, score, None, None, None, None,
+                                               None)))
+    overlap = {}
+    names = list(per_signal)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            per_seed = {seed: rank_overlap(per_signal[a][seed]["ranks"], per_signal[b][seed]["ranks"])
+                        for seed in sorted(set(per_signal[a]) & set(per_signal[b]))}
+            shared = [v["shared_rank"] for v in per_seed.values() if v["shared_rank"] is not None]
+            rhos = [v["spearman"] for v in per_seed.values() if v["spearman"] is not None]
+            overlap[f"{a}~{b}"] = {"per_seed": per_seed, "shared_rank_mean": float(np.mean(shared)) if shared else None,
+                                   "spearman_mean": float(np.mean(rhos)) if rhos else None}
+    summary["rank_overlap"] = overlap
     out_dir = root / "compare"
     atomic_write_text(out_dir / "signals.csv", "\n".join(lines) + "\n")
+    summary["figure"] = compare_figure(per_signal, summary, out_dir / "compare.png").name
     atomic_write_json(out_dir / "compare.json", summary)
     return out_dir
 
 
-__all__ = ["plot_run", "compare_signals"]
+def compare_figure(per_signal: dict[str, dict[int, dict]], summary: dict, path: Path) -> Path:
+    """One heatmap per signal (final rank per layer × module type, mean over seeds), the dev score per signal
+    (mean ± 95 % t-CI over seeds, seeds as dots, LoRA reference last) and the pairwise shared-rank overlap."""
+    from matplotlib.figure import Figure
+
+    from peftlab.analysis.adalora_heads import module_kind
+    from peftlab.arch import CANONICAL_TARGETS
+
+    names = list(per_signal)
+    fig = Figure(figsize=(3.2 * len(names) + 9, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(names) + 2, width_ratios=[1] * len(names) + [1.6, 1.3])
+    grids = {}
+    for signal, runs in per_signal.items():
+        cells: dict[tuple[int, str], list[int]] = {}
+        for summary_of_run in runs.values():
+            for module, rank in summary_of_run["ranks"].items():
+                kind = module_kind(module, CANONICAL_TARGETS)
+                if kind is not None:
+                    cells.setdefault(kind, []).append(rank)
+        types = [t for t in CANONICAL_TARGETS if any(k[1] == t for k in cells)]
+        n_layers = 1 + max((k[0] for k in cells), default=-1)
+        grid = np.full((n_layers, len(types)), np.nan)  # [layer, module type]
+        for (layer, kind), values in cells.items():
+            grid[layer, types.index(kind)] = float(np.mean(values))
+        grids[signal] = (grid, types)
+    vmax = max((np.nanmax(g) for g, _ in grids.values() if np.isfinite(g).any()), default=1.0)
+    for ax, signal in zip(axes, names):
+        grid, types = grids[signal]
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=vmax)
+        for (i, j), value in np.ndenumerate(grid):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=6, color="white")
+        ax.set_xticks(range(len(types)), types, fontsize=7)
+        ax.set_yticks(range(grid.shape[0]), [f"L{i}" for i in range(grid.shape[0])], fontsize=7)
+        ax.set_title(f"{signal}\nfinal rank (mean over {len(per_signal[signal])} seeds)", fontsize=8)
+    fig.colorbar(image, ax=axes[len(names) - 1], label="rank")
+    ax = axes[len(names)]
+    labels = names + ([f"LoRA r={summary['lora_reference']['rank']}"] if summary["lora_reference"]["scores"] else [])
+    for i, label in enumerate(labels):
+        entry = summary["signals"][label] if label in summary["signals"] else summary["lora_reference"]
+        values = ([s["score"] for s in per_signal[label].values()] if label in per_signal
+                  else list(summary["lora_reference"]["scores"].values()))
+        ax.plot([i] * len(values), values, "o", color="grey", ms=3, alpha=0.7)
+        if entry.get("ci_low") is not None:
+            ax.errorbar([i], [entry["mean"]], yerr=[[entry["mean"] - entry["ci_low"]], [entry["ci_high"] - entry["mean"]]],
+                        fmt="s", color="black", capsize=4)
+        elif entry.get("mean") is not None:
+            ax.plot([i], [entry["mean"]], "s", color="black")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="dev score (main metric)", title="dev score: mean ± 95 % t-CI over seeds (dots = seeds)")
+    ax.title.set_fontsize(8)
+    ax = axes[len(names) + 1]
+    matrix = np.full((len(names), len(names)), np.nan)  # [signal, signal]
+    for key, entry in summary["rank_overlap"].items():
+        a, b = key.split("~")
+        matrix[names.index(a), names.index(b)] = matrix[names.index(b), names.index(a)] = \
+            np.nan if entry["shared_rank_mean"] is None else entry["shared_rank_mean"]
+    np.fill_diagonal(matrix, 1.0)
+    ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        if np.isfinite(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_title("shared final rank between signals\nΣ min(r_a, r_b) / budget, mean over seeds", fontsize=8)
+    fig.suptitle(f"AdaLoRA signals on {summary['task']}", fontsize=10)
+    return _save(fig, path)
+
+
+__all__ = ["plot_run", "compare_signals", "compare_figure", "rank_overlap", "lora_reference_root"]

@@ -21,20 +21,45 @@ def register(app: typer.Typer) -> None:
                                               help="Config overrides, e.g. init_r=12 target_r=4 tinit=0.1."),
         task: str = typer.Option("RTE", "--task"),
         signal: str = typer.Option("baseline_adalora", "--signal", help=SIGNAL_HELP),
+        signals: list[str] = typer.Option(None, "--signals",
+                                          help="Several signals in one call (`all` = the four); overrides --signal."),
         seed: int = typer.Option(1, "--seed"),
+        seeds: list[int] = typer.Option(None, "--seeds", help="Several seeds in one call, e.g. --seeds 42 1 2026."),
         config: str = typer.Option(None, "--config", help="Preset name(s) from configs/ (e.g. rte,quick)."),
         out: str = typer.Option(None, "--out", help="Output root (default: outputs)."),
         force: bool = typer.Option(False, "--force", help="Re-run a finished run."),
+        lora_reference: bool = typer.Option(
+            False, "--lora-reference", help="Also train, per seed, the equal-budget LoRA reference (PEFT LoRA, "
+            "r = target_r, same targets and settings) into <out>/ADALORA/<TASK>/lora_reference/."),
     ) -> None:
-        """Train one AdaLoRA run into <out>/ADALORA/<TASK>/<signal>/seed<S>/ (targets default to all six matrices)."""
-        from peftlab.config import load_config
+        """Train AdaLoRA runs into <out>/ADALORA/<TASK>/<signal>/seed<S>/ (targets default to all six matrices).
+
+        With --signals/--seeds, one run per (seed, signal); finished runs are skipped (unless --force), every
+        setting is checked before the first run starts, and a killed run refuses to resume (re-run with --force).
+        """
+        from peftlab.config import ADALORA_SIGNALS, load_config
         from peftlab.train import summary_line, train_run
 
-        given = [f"task={task}", f"signal={signal}", f"seed={seed}"] + ([f"out={out}"] if out else [])
-        cfg = load_config(config, ADALORA_DEFAULTS + given + list(overrides or []))
-        run_dir = train_run(cfg, force=force)
-        typer.echo(str(run_dir))
-        typer.echo(summary_line(run_dir))
+        chosen = [s for value in (signals or [signal]) for s in value.split(",") if s]
+        chosen = list(ADALORA_SIGNALS) if "all" in chosen else list(dict.fromkeys(chosen))
+        configs = []
+        for one_seed in (seeds or [seed]):
+            for one_signal in chosen:
+                given = [f"task={task}", f"signal={one_signal}", f"seed={one_seed}"] + ([f"out={out}"] if out else [])
+                configs.append(load_config(config, ADALORA_DEFAULTS + given + list(overrides or [])))
+            if lora_reference:  # same settings, PEFT LoRA with r = target_r: the budget AdaLoRA ends at
+                from peftlab.analysis.adalora import lora_reference_root
+                from peftlab.tasks import get_task
+
+                base = configs[-1]
+                ref_out = lora_reference_root(base.out, get_task(base.task).name)
+                configs.append(load_config(config, ADALORA_DEFAULTS + given + list(overrides or []) + [
+                    "method=peft-lora", f"rank={base.target_r}", f"targets={','.join(base.targets)}", f"lr={base.lr}",
+                    f"out={ref_out}"]))
+        for cfg in configs:
+            run_dir = train_run(cfg, force=force)
+            typer.echo(str(run_dir))
+            typer.echo(summary_line(run_dir))
 
     @adalora.command("compare")
     def compare_command(
@@ -43,7 +68,9 @@ def register(app: typer.Typer) -> None:
         seeds: list[int] = typer.Option(None, "--seeds", help="Seeds (default: 1 2 3)."),
         out: str = typer.Option("outputs", "--out"),
     ) -> None:
-        """Dev metric per signal (mean, SE and 95 % t-CI over seeds) and the paired difference vs baseline_adalora."""
+        """Dev metric per signal (mean, SE and 95 % t-CI over seeds), the paired difference vs baseline_adalora and vs
+        the equal-budget LoRA reference (`adalora run --lora-reference`), the overlap of the signals' final rank
+        patterns, and compare.png (final rank per layer × module type per signal, dev scores, overlap)."""
         from peftlab.analysis.adalora import compare_signals
         from peftlab.config import ADALORA_SIGNALS
         from peftlab.io import read_json
@@ -55,7 +82,15 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{signal:18s} n={row['n']} mean={row['mean']:.4f}{ci}")
         for signal, row in data["vs_baseline"].items():
             typer.echo(f"{signal} − baseline_adalora: {row['verdict']}")
-        for command in data["missing_runs"]:
+        reference = data["lora_reference"]
+        if reference["scores"]:
+            typer.echo(f"LoRA r={reference['rank']} (equal budget) n={reference['n']} mean={reference['mean']:.4f}")
+            for signal, row in reference["vs_signal"].items():
+                typer.echo(f"{signal} − LoRA r={reference['rank']}: {row['verdict']}")
+        for key, row in data["rank_overlap"].items():
+            if row["shared_rank_mean"] is not None:
+                typer.echo(f"rank overlap {key}: shared rank {row['shared_rank_mean']:.3f}")
+        for command in data["missing_runs"] + data["missing_lora_reference"]:
             typer.echo(f"missing: {command}")
         typer.echo(str(out_dir))
 
