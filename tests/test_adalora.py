@@ -272,6 +272,7 @@ def test_training_run_reaches_the_target_budget_and_writes_its_files(runs, signa
     metrics = read_json(run / "final_metrics.json")
     assert summary["budget_ok"] and summary["total_rank"] == summary["target_budget"] == 24
     assert summary["signal"] == signal and summary["dev"] == metrics["dev"]
+    assert summary["revived_total"] == sum(r["revived"] for r in allocations)
     assert summary["trainable_params_end"] < summary["trainable_params_start"] == metrics["trainable_params"]
 
 

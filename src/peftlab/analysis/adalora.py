@@ -65,9 +65,13 @@ def _short(module: str) -> str:
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """rank_evolution.png (total rank vs scheduled budget; rank per module per allocation) and
-    signal_heatmap.png (triplet scores of the last allocation, × = masked triplet)."""
+    """rank_evolution.png (total rank vs scheduled budget; rank per module type summed over layers; rank per
+    module per allocation) and signal_heatmap.png (triplet scores of the last allocation, × = masked triplet;
+    layer × module type mean triplet score)."""
     from matplotlib.figure import Figure
+
+    from peftlab.analysis.adalora_heads import module_kind
+    from peftlab.arch import CANONICAL_TARGETS
 
     run_dir = Path(run_dir)
     rows = _rows(run_dir / "rank_pattern.jsonl", "no AdaLoRA allocation log")
@@ -78,9 +82,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     out_dir = run_dir / "analysis"
     steps = [r["step"] for r in allocations]
     modules = list(allocations[-1]["ranks"])
-
-    fig = Figure(figsize=(12, 4.8), layout="constrained")
-    ax_total, ax_modules = fig.subplots(1, 2, width_ratios=[1, 1.4])
+    fig = Figure(figsize=(16, 4.8), layout="constrained")
+    ax_total, ax_types, ax_modules = fig.subplots(1, 3, width_ratios=[1, 1, 1.4])
     ax_total.step(steps, [r["budget"] for r in allocations], where="post", label="scheduled budget")
     ax_total.plot(steps, [r["total_rank"] for r in allocations], "o", ms=3, label="total rank kept")
     if end is not None:
@@ -88,6 +91,15 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax_total.xaxis.get_major_locator().set_params(integer=True)
     ax_total.set(xlabel="optimizer step", ylabel="total rank (triplets)", title="AdaLoRA budget")
     ax_total.legend()
+    kinds = {m: module_kind(m, CANONICAL_TARGETS) for m in modules}
+    for kind in CANONICAL_TARGETS:  # rank summed over the layers, per module type
+        members = [m for m, k in kinds.items() if k is not None and k[1] == kind]
+        if members:
+            ax_types.plot(steps, [sum(r["ranks"].get(m, 0) for m in members) for r in allocations], "o-", ms=3,
+                          label=f"{kind} ({len(members)} matrices)")
+    ax_types.xaxis.get_major_locator().set_params(integer=True)
+    ax_types.set(xlabel="optimizer step", ylabel="rank summed over layers", title="rank per module type")
+    ax_types.legend(fontsize=7)
     ranks = np.array([[r["ranks"].get(m, 0) for r in allocations] for m in modules])  # [module, allocation]
     image = ax_modules.imshow(ranks, aspect="auto", interpolation="nearest", cmap="viridis")
     ax_modules.set_yticks(range(len(modules)), [_short(m) for m in modules], fontsize=6)
@@ -105,8 +117,8 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         grid = np.full((len(names), width), np.nan)  # [module, triplet]
         for i, name in enumerate(names):
             grid[i, :len(last["scores"][name])] = last["scores"][name]
-        fig = Figure(figsize=(7, max(3.5, 0.16 * len(names) + 1.5)), layout="constrained")
-        ax = fig.subplots()
+        fig = Figure(figsize=(12, max(3.5, 0.16 * len(names) + 1.5)), layout="constrained")
+        ax, ax_layers = fig.subplots(1, 2, width_ratios=[1.4, 1])
         image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="magma")
         for i, name in enumerate(names):
             for j, keep in enumerate((last.get("kept") or {}).get(name, [])):
@@ -117,6 +129,19 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax.set(xlabel="triplet (rank-1 component) index",
                title=f"signal {last['signal']}: triplet scores at step {last['step']} (× = masked)")
         fig.colorbar(image, ax=ax, label="triplet score T")
+        # layer × module type: mean triplet score of the matrix (the unit the budget is spent on)
+        kinds = {n: module_kind(n, CANONICAL_TARGETS) for n in names}
+        types = [t for t in CANONICAL_TARGETS if any(k is not None and k[1] == t for k in kinds.values())]
+        n_layers = 1 + max((k[0] for k in kinds.values() if k is not None), default=-1)
+        cells = np.full((max(n_layers, 1), max(len(types), 1)), np.nan)  # [layer, module type]
+        for name, kind in kinds.items():
+            if kind is not None:
+                cells[kind[0], types.index(kind[1])] = float(np.mean(last["scores"][name]))
+        image = ax_layers.imshow(cells, aspect="auto", interpolation="nearest", cmap="magma")
+        ax_layers.set_xticks(range(len(types)), types)
+        ax_layers.set_yticks(range(cells.shape[0]), [f"L{i}" for i in range(cells.shape[0])])
+        ax_layers.set(xlabel="module type", ylabel="layer", title="mean triplet score per matrix")
+        fig.colorbar(image, ax=ax_layers, label="mean T")
         paths.append(_save(fig, out_dir / "signal_heatmap.png"))
     return paths
 

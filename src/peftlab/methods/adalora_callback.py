@@ -9,7 +9,7 @@ Files in the run directory (written as training goes; none marks completion — 
                        adalora_signals; baseline: PEFT's score; other_signals: the three signals not allocating,
                        scored on the same gradients)
   final_summary.json   written by `write_final_summary` before final_metrics.json: dev metrics, total_rank,
-                       target_budget, budget_ok, trainable params at start and end, train time
+                       target_budget, budget_ok, revived_total, trainable params at start and end, train time
 """
 
 from __future__ import annotations
@@ -166,6 +166,8 @@ def write_final_summary(run_dir: Path, final_metrics: dict) -> Path:
         "total_rank": end["total_rank"], "target_budget": end["target_budget"],
         "budget_ok": end["total_rank"] == end["target_budget"],
         "ranks": end["ranks"], "n_allocations": end["n_allocations"], "schedule": end["schedule"],
+        # triplets masked at one allocation and kept again at the next, summed over allocations
+        "revived_total": sum(int(r.get("revived") or 0) for r in rows if r.get("kind") == "allocation"),
         "trainable_params_start": end["trainable_params_start"], "trainable_params_end": end["trainable_params_end"],
         "train_s": (final_metrics.get("timing") or {}).get("train_s"),
     }
