@@ -457,3 +457,16 @@ def test_mnli_offline_is_one_clear_line(tmp_path, tiny_dir, capsys, monkeypatch)
                               f"model={tiny_dir}", f"data_dir={tmp_path / 'nodata'}"], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: no MNLI train file")
     assert "Hub is off" in err and "glue/MNLI/train.tsv" in err and not (tmp_path / "ADALORA").exists()
+
+
+def test_budget_mismatch_at_the_end_is_a_loud_warning_with_numbers(capsys):
+    """Nothing was allocated (rank 4 everywhere) yet target_r=2: the end-of-training check says so, even quietly."""
+    from types import SimpleNamespace
+
+    from peftlab.methods.adalora_callback import AdaLoraCallback
+
+    model, cfg = adalora_model()
+    callback = AdaLoraCallback(cfg, run_dir=None, verbose=False)
+    callback.on_train_end(None, SimpleNamespace(global_step=8), None, model=model)
+    err = capsys.readouterr().err
+    assert "WARNING: budget check failed at the end of training: total rank 48 != target_r 2 × 12 matrices = 24" in err
