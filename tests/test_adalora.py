@@ -441,6 +441,11 @@ def test_cli_run_plot_compare(tmp_path, tiny_dir, data_dir, capsys):
         by_hand.append(sum(min(a["ranks"][m], b["ranks"][m]) for m in a["ranks"]) / a["target_budget"])
     assert overlap["shared_rank_mean"] == pytest.approx(sum(by_hand) / 2)
     assert "signals.csv" in {p.name for p in compare.iterdir()} and "lora_r2,1," in (compare / "signals.csv").read_text()
+    table = (compare / "table.md").read_text().splitlines()  # the README table
+    assert len(table) == 2 + 2 + 1 and table[-1].startswith("| LoRA r=2 on q,k,v,o,ffn_in,ffn_out | 1, 2 |")
+    combo = data["signals"]["combo"]
+    assert table[3].startswith(f"| combo | 1, 2 | {combo['mean']:.4f} ± {combo['std']:.4f} [{combo['ci_low']:.4f}, ")
+    assert "| 24 | True |" in table[3]
     code, out, err = run_cli(["adalora", "run", "--signal", "nope", "--out", str(tmp_path), *common], capsys)
     assert code == 2 and err.strip() == "error: unknown signal 'nope'; choose one of: baseline_adalora, " \
         "importance_only, plasticity_only, combo"

@@ -166,3 +166,15 @@ def test_ranks_fall_back_to_the_allocation_log(analysed, tmp_path):
     (copy / "rank_pattern.jsonl").unlink()
     ranks, source = read_final_ranks(copy)
     assert source == "ckpt_final/adapter_config.json" and ranks == read_json(run / "final_summary.json")["ranks"]
+
+
+def test_compare_collects_the_rank_vs_heads_correlations_per_signal(analysed):
+    from peftlab.analysis.adalora import compare_signals
+
+    run, out_dir, _ = analysed
+    out = run.parents[3]  # <out>/ADALORA/RTE/<signal>/seed2
+    compare = read_json(compare_signals("RTE", ["importance_only"], [2], out) / "compare.json")
+    pooled = read_json(out_dir / "stats.json")["adalora_ranks"]["spearman"]["pooled"]
+    entry = compare["rank_vs_heads"]["importance_only"]
+    assert entry["per_seed"]["2"] == pooled
+    assert entry["mean_rho"] == {name: pooled[name]["rho"] for name in pooled}

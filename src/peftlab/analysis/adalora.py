@@ -267,11 +267,62 @@ def compare_signals(task: str, signals: list[str], seeds: list[int], out: str | 
             overlap[f"{a}~{b}"] = {"per_seed": per_seed, "shared_rank_mean": float(np.mean(shared)) if shared else None,
                                    "spearman_mean": float(np.mean(rhos)) if rhos else None}
     summary["rank_overlap"] = overlap
+    summary["rank_vs_heads"] = _rank_vs_heads(root, per_signal)
     out_dir = root / "compare"
     atomic_write_text(out_dir / "signals.csv", "\n".join(lines) + "\n")
     summary["figure"] = compare_figure(per_signal, summary, out_dir / "compare.png").name
+    atomic_write_text(out_dir / "table.md", markdown_table(summary))
     atomic_write_json(out_dir / "compare.json", summary)
     return out_dir
+
+
+def markdown_table(summary: dict) -> str:
+    """The README table: per signal (and the LoRA reference) dev score mean ± std over seeds with the 95 % t-CI,
+    final total rank, budget_ok on every seed, mean train seconds, and the paired verdicts."""
+    def pm(entry):
+        if entry.get("mean") is None:
+            return "n/a"
+        std = entry.get("std")
+        text = f"{entry['mean']:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+        return text + (f" [{entry['ci_low']:.4f}, {entry['ci_high']:.4f}]" if entry.get("ci_low") is not None else "")
+
+    reference = summary["lora_reference"]
+    lora = f"LoRA r={reference['rank']}"
+    lines = [f"| {summary['task']} | seeds | dev score mean ± std [95 % t-CI] | final total rank | budget_ok | "
+             f"train s (mean) | vs baseline_adalora | vs {lora} (equal budget) |", "|---" * 8 + "|"]
+    for signal, entry in summary["signals"].items():
+        versus = summary["vs_baseline"].get(signal, {}).get("verdict", "—")
+        versus_lora = reference["vs_signal"].get(signal, {}).get("verdict", "—") if reference["scores"] else "not run"
+        train = entry.get("train_s_mean")
+        lines.append(f"| {signal} | {', '.join(str(s) for s in entry['seeds'])} | {pm(entry)} | "
+                     f"{'/'.join(str(r) for r in entry['total_rank'])} | {entry['budget_ok_all']} | "
+                     f"{'n/a' if train is None else f'{train:.0f}'} | {versus} | {versus_lora} |")
+    if reference["scores"]:
+        values = list(reference["scores"].values())
+        std = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        lines.append(f"| {lora} on {','.join(reference['targets'] or [])} | {', '.join(str(s) for s in reference['scores'])} | "
+                     f"{pm({**reference, 'std': std})} | — | — | — | — | — |")
+    return "\n".join(lines) + "\n"
+
+
+def _rank_vs_heads(root: Path, per_signal: dict[str, dict[int, dict]]) -> dict:
+    """Per signal, the pooled ρ(final rank, Σ heads' X) of each analysed run (`peftlab analyze`, stats.json
+    `adalora_ranks`) and their mean over seeds; signals without an analysed run are left out."""
+    out = {}
+    for signal, runs in per_signal.items():
+        per_seed = {}
+        for seed in runs:
+            stats = root / signal / f"seed{seed}" / "analysis" / "stats.json"
+            block = read_json(stats).get("adalora_ranks") if stats.is_file() else None
+            if block:
+                per_seed[seed] = {name: entry for name, entry in block["spearman"]["pooled"].items()}
+        if per_seed:
+            names = list(next(iter(per_seed.values())))
+            out[signal] = {"per_seed": per_seed, "mean_rho": {
+                name: (float(np.mean(rhos)) if (rhos := [v[name]["rho"] for v in per_seed.values()
+                                                         if v[name]["rho"] is not None]) else None)
+                for name in names}}
+    return out
 
 
 def compare_figure(per_signal: dict[str, dict[int, dict]], summary: dict, path: Path) -> Path:
