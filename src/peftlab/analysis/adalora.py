@@ -386,7 +386,8 @@ def compare_figure(per_signal: dict[str, dict[int, dict]], summary: dict, path: 
     ax.imshow(matrix, vmin=0, vmax=1, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
         if np.isfinite(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value > 0.6 else "black")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_title("shared final rank between signals\nΣ min(r_a, r_b) / budget, mean over seeds", fontsize=8)
