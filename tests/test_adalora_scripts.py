@@ -54,3 +54,16 @@ def test_run_all_loops_seeds_then_compares(tmp_path):
     assert runs == [f"adalora run --task RTE --signals all --seeds {s} --lora-reference lr=1e-3 --out {tmp_path}"
                     for s in (1, 2)]
     assert calls[-1] == f"adalora compare --task RTE --seeds 1 2 --out {tmp_path}"
+
+
+def test_readme_table_runs_both_tasks_with_the_documented_settings(tmp_path):
+    result, calls = run(tmp_path, str(SCRIPTS / "readme_table.sh"), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    runs = [c for c in calls if c.startswith("adalora run")]
+    assert runs == [
+        "adalora run --task SST-2 --signals all --seeds 1 2 3 --lora-reference --config sst2 max_train_samples=4096 "
+        f"lr=1e-2 tinit=0.1 tfinal=0.3 --out {tmp_path}",
+        "adalora run --task RTE --signals all --seeds 1 2 3 --lora-reference --config rte epochs=1 "
+        f"max_train_samples=1024 lr=1e-2 tinit=0.1 tfinal=0.3 deltaT=5 --out {tmp_path}"]
+    assert [c for c in calls if c.startswith("adalora compare")] == [
+        f"adalora compare --task {t} --seeds 1 2 3 --out {tmp_path}" for t in ("SST-2", "RTE")]
