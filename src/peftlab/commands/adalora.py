@@ -31,6 +31,8 @@ def register(app: typer.Typer) -> None:
         lora_reference: bool = typer.Option(
             False, "--lora-reference", help="Also train, per seed, the equal-budget LoRA reference (PEFT LoRA, "
             "r = target_r, same targets and settings) into <out>/ADALORA/<TASK>/lora_reference/."),
+        lora_lr: float = typer.Option(None, "--lora-lr", help="Learning rate of the LoRA reference (default: the "
+                                      "AdaLoRA runs' lr; LoRA's B·A·alpha/r is scaled differently from AdaLoRA's)."),
     ) -> None:
         """Train AdaLoRA runs into <out>/ADALORA/<TASK>/<signal>/seed<S>/ (targets default to all six matrices).
 
@@ -54,7 +56,8 @@ def register(app: typer.Typer) -> None:
                 base = configs[-1]
                 ref_out = lora_reference_root(base.out, get_task(base.task).name)
                 configs.append(load_config(config, ADALORA_DEFAULTS + given + list(overrides or []) + [
-                    "method=peft-lora", f"rank={base.target_r}", f"targets={','.join(base.targets)}", f"lr={base.lr}",
+                    "method=peft-lora", f"rank={base.target_r}", f"targets={','.join(base.targets)}",
+                    f"lr={base.lr if lora_lr is None else lora_lr}",
                     f"out={ref_out}"]))
         for cfg in configs:
             run_dir = train_run(cfg, force=force)
