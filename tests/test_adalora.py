@@ -397,7 +397,8 @@ def test_cli_run_plot_compare(tmp_path, tiny_dir, data_dir, capsys):
     common = [f"model={tiny_dir}", f"data_dir={data_dir}", *SMALL, *SCHEDULE[2:]]
     common = [c for c in common if not c.startswith("seed=")]
     code, out, err = run_cli(["adalora", "run", "--task", "RTE", "--signals", "baseline_adalora", "combo",
-                              "--seeds", "1", "2", "--lora-reference", "--out", str(tmp_path), *common], capsys)
+                              "--seeds", "1", "2", "--lora-reference", "--lora-lr", "0.002", "--out", str(tmp_path),
+                              *common], capsys)
     assert code in (0, None), err
     for seed in (1, 2):
         for signal in ("baseline_adalora", "combo"):
@@ -408,7 +409,7 @@ def test_cli_run_plot_compare(tmp_path, tiny_dir, data_dir, capsys):
     ref_config = read_json(reference / "run_config.json")["config"]
     ada_config = read_json(tmp_path / "ADALORA" / "RTE" / "combo" / "seed1" / "run_config.json")["config"]
     assert ref_config["rank"] == ada_config["target_r"] == 2 and ref_config["targets"] == ada_config["targets"]
-    assert ref_config["lr"] == ada_config["lr"] and ref_config["epochs"] == ada_config["epochs"]
+    assert ref_config["lr"] == 0.002 != ada_config["lr"] and ref_config["epochs"] == ada_config["epochs"]
     code, out, err = run_cli(["adalora", "run", "--task", "RTE", "--signals", "combo", "--seeds", "1",
                               "--out", str(tmp_path), *common], capsys)  # finished runs are skipped
     assert code in (0, None) and "[AdaLoRA]" not in err
