@@ -8,7 +8,8 @@ rank-allocation signal. The heads of that layer were measured separately (I_pre,
 
 where for U the module's own slice is used when measured: U_q for q, U_k for k, U_v for v, U_o for o (the
 head's rows of W_q/W_k/W_v, columns of W_o), else the whole-head U. A layer with a head whose value is
-missing gets no aggregate (NaN), never a partial sum.
+missing gets no aggregate (NaN), never a partial sum. I_pre, G and I_post are per-head quantities, so the four
+modules of one layer share one value (tied x); only U differs per module.
 
 Then Spearman ρ(r, agg_X) over modules with a percentile bootstrap CI (modules resampled with replacement;
 `stats.spearman_with_ci`, the same numpy bootstrap as every other ρ of `peftlab analyze`, so n_resamples and
@@ -196,7 +197,10 @@ def fig_rank_vs_heads(table: pd.DataFrame, result: dict, path: str | Path, dpi: 
         rho = "n/a" if pooled["rho"] is None else f"{pooled['rho']:.2f}"
         ci = "" if pooled.get("ci_low") is None else f" [{pooled['ci_low']:.2f}, {pooled['ci_high']:.2f}]"
         ax.set_title(f"pooled ρ = {rho}{ci}\n{pooled['verdict']}", fontsize=8)
-        ax.set_xlabel(f"Σ over the layer's heads of {pooled.get('from') or name}")
+        source = pooled.get("from") or name
+        if name == "U" and source.startswith("U_"):
+            source = "U_<module> (the module's own slice)"
+        ax.set_xlabel(f"Σ over the layer's heads of {source}", fontsize=8)
         ax.set_ylabel("final AdaLoRA rank")
         ax.legend(fontsize=7, title="module", title_fontsize=7)
     if not present:

@@ -266,6 +266,7 @@ def adalora_section(runs: list[tuple[Path, dict, dict]]) -> Section | None:
         "against the sum over that layer's heads of I_pre, G, U (the module's own U_q/U_k/U_v/U_o slice) and I_post. "
         f"Spearman ρ over modules with a 95 % percentile bootstrap CI (modules resampled, {boot['n_resamples']} "
         f"resamples, seed {boot['seed']}); per module type n = number of layers, pooled n = 4 × layers. "
+        "I_pre, G and I_post are per head, so the four modules of a layer share one sum (only U is per module). "
         "Modules of one layer and one budget are not independent: read the CIs as describing this run's modules. "
         "Per-module values in each run's analysis/module_ranks.csv.", pd.DataFrame(rows), *figures])
 
