@@ -62,8 +62,8 @@ def test_readme_table_runs_both_tasks_with_the_documented_settings(tmp_path):
     runs = [c for c in calls if c.startswith("adalora run")]
     assert runs == [
         "adalora run --task SST-2 --signals all --seeds 1 2 3 --lora-reference --config sst2 max_train_samples=4096 "
-        f"lr=1e-2 tinit=0.1 tfinal=0.3 --out {tmp_path} --lora-lr 3e-3",
+        f"lr=1e-2 tinit=0.1 tfinal=0.3 --out {tmp_path} --lora-lr 1e-3",
         "adalora run --task RTE --signals all --seeds 1 2 3 --lora-reference --config rte epochs=1 "
-        f"max_train_samples=1024 lr=1e-2 tinit=0.1 tfinal=0.3 deltaT=5 --out {tmp_path} --lora-lr 3e-3"]
+        f"max_train_samples=1024 lr=1e-2 tinit=0.1 tfinal=0.3 deltaT=5 --out {tmp_path} --lora-lr 1e-3"]
     assert [c for c in calls if c.startswith("adalora compare")] == [
         f"adalora compare --task {t} --seeds 1 2 3 --out {tmp_path}" for t in ("SST-2", "RTE")]
