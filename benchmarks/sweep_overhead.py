@@ -8,7 +8,7 @@ dev rows, max_len 64, 1 CPU per run. Prints the wall time of each backend, Ray's
 separately from its trials, the ratios ray/local (whole sweep and trials only) and the largest score
 difference between the two backends' runs (expected 0: same seeds, same thread count). The two
 backends run one after the other, not interleaved, so machine load hits them unequally: repeat it.
-Needs `pip install "peftlab[ray]"`.
+Needs `pip install "peftlab[ray]"` and the data (`PEFTLAB_DATA`, or `data_dir` beside the repo as usual).
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ def main() -> None:
         ray_s = time.perf_counter() - t0
         ray_meta = read_json(ray_dir / "sweep.json")["ray"]
         local_meta = read_json(local_dir / "sweep.json")
+        for sweep_dir in (local_dir, ray_dir):
+            failures = read_json(sweep_dir / "sweep.json").get("failures") or []
+            if failures:  # timings of failed runs mean nothing: say why and stop
+                raise SystemExit(f"error: {len(failures)} run(s) failed in {sweep_dir}, first: {failures[0]['error']}")
         diffs = []
         for run in local_meta["runs"]:
             rel = Path(run["run_dir"]).relative_to(root / "local")

@@ -172,6 +172,12 @@ def test_signal_scores_equal_a_hand_computation():
     got_base = base.current_scores()
     for n in expected:
         torch.testing.assert_close(got_base[n], expected[n], rtol=1e-5, atol=1e-9)
+    # every allocator also scores the other signals on the same gradients (signal_scores.jsonl other_signals)
+    for n in expected:
+        torch.testing.assert_close(base.scores_of("importance_only")[n], importance[n], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(base.scores_of("plasticity_only")[n], plasticity[n], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(alloc["combo"].scores_of("baseline_adalora")[n], expected[n], rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(alloc["importance_only"].scores_of("combo")[n], got["combo"][n])
 
 
 def test_allocation_without_gradients_is_one_clear_line():
@@ -256,6 +262,8 @@ def test_training_run_reaches_the_target_budget_and_writes_its_files(runs, signa
     scores = read_jsonl(run / "signal_scores.jsonl")
     assert [s["step"] for s in scores] == [2, 3, 4] and all(s["signal"] == signal for s in scores)
     assert set(scores[0]["scores"]) == set(allocations[0]["ranks"])
+    assert all(set(s["other_signals"]) == set(SIGNALS) - {signal} for s in scores)
+    assert all(set(v) == set(s["scores"]) for s in scores for v in s["other_signals"].values())
     for row, allocation in zip(scores, allocations):  # the kept triplets are the top `budget` scores
         pairs = [(v, k) for m in row["scores"] for v, k in zip(row["scores"][m], row["kept"][m])]
         kept = [v for v, k in pairs if k]
@@ -264,6 +272,7 @@ def test_training_run_reaches_the_target_budget_and_writes_its_files(runs, signa
     metrics = read_json(run / "final_metrics.json")
     assert summary["budget_ok"] and summary["total_rank"] == summary["target_budget"] == 24
     assert summary["signal"] == signal and summary["dev"] == metrics["dev"]
+    assert summary["revived_total"] == sum(r["revived"] for r in allocations)
     assert summary["trainable_params_end"] < summary["trainable_params_start"] == metrics["trainable_params"]
 
 
@@ -386,13 +395,24 @@ def run_cli(args, capsys):
 
 def test_cli_run_plot_compare(tmp_path, tiny_dir, data_dir, capsys):
     common = [f"model={tiny_dir}", f"data_dir={data_dir}", *SMALL, *SCHEDULE[2:]]
+    common = [c for c in common if not c.startswith("seed=")]
+    code, out, err = run_cli(["adalora", "run", "--task", "RTE", "--signals", "baseline_adalora", "combo",
+                              "--seeds", "1", "2", "--lora-reference", "--lora-lr", "0.002", "--out", str(tmp_path),
+                              *common], capsys)
+    assert code in (0, None), err
     for seed in (1, 2):
         for signal in ("baseline_adalora", "combo"):
-            code, out, err = run_cli(["adalora", "run", "--task", "RTE", "--signal", signal, "--seed", str(seed),
-                                      "--out", str(tmp_path), *[c for c in common if not c.startswith("seed=")]],
-                                     capsys)
-            assert code in (0, None), err
-            assert f"ADALORA/RTE/{signal}/seed{seed}" in out and "[AdaLoRA Update] Step 4" in err
+            assert f"ADALORA/RTE/{signal}/seed{seed}" in out
+        assert f"ADALORA/RTE/lora_reference/PEFT-LoRA/RTE/seed{seed}_r2" in out
+    assert err.count("[AdaLoRA Update] Step 4") == 4 and "WARNING" not in err
+    reference = tmp_path / "ADALORA" / "RTE" / "lora_reference" / "PEFT-LoRA" / "RTE" / "seed1_r2"
+    ref_config = read_json(reference / "run_config.json")["config"]
+    ada_config = read_json(tmp_path / "ADALORA" / "RTE" / "combo" / "seed1" / "run_config.json")["config"]
+    assert ref_config["rank"] == ada_config["target_r"] == 2 and ref_config["targets"] == ada_config["targets"]
+    assert ref_config["lr"] == 0.002 != ada_config["lr"] and ref_config["epochs"] == ada_config["epochs"]
+    code, out, err = run_cli(["adalora", "run", "--task", "RTE", "--signals", "combo", "--seeds", "1",
+                              "--out", str(tmp_path), *common], capsys)  # finished runs are skipped
+    assert code in (0, None) and "[AdaLoRA]" not in err
     run = tmp_path / "ADALORA" / "RTE" / "combo" / "seed1"
     assert read_json(run / "run_config.json")["config"]["targets"] == list(ALL)  # AdaLoRA's default targets
     code, out, err = run_cli(["adalora", "plot", str(run)], capsys)
@@ -401,13 +421,58 @@ def test_cli_run_plot_compare(tmp_path, tiny_dir, data_dir, capsys):
         assert (run / "analysis" / name).read_bytes()[:4] == b"\x89PNG"
     code, out, err = run_cli(["adalora", "compare", "--task", "RTE", "--seeds", "1", "2", "--out", str(tmp_path)], capsys)
     assert code in (0, None), err
-    data = read_json(tmp_path / "ADALORA" / "RTE" / "compare" / "compare.json")
+    compare = tmp_path / "ADALORA" / "RTE" / "compare"
+    data = read_json(compare / "compare.json")
+    assert (compare / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert data["signals"]["combo"]["n"] == 2 and data["signals"]["combo"]["se"] is not None
-    scores = {s: [read_json(tmp_path / "ADALORA" / "RTE" / s / f"seed{k}" / "final_summary.json")["score"]
-                  for k in (1, 2)] for s in ("baseline_adalora", "combo")}
+    summaries = {s: [read_json(tmp_path / "ADALORA" / "RTE" / s / f"seed{k}" / "final_summary.json") for k in (1, 2)]
+                 for s in ("baseline_adalora", "combo")}
+    scores = {s: [x["score"] for x in v] for s, v in summaries.items()}
     diffs = [c - b for c, b in zip(scores["combo"], scores["baseline_adalora"])]
     assert data["vs_baseline"]["combo"]["mean"] == pytest.approx(sum(diffs) / 2)
     assert len(data["missing_runs"]) == 2 * 2  # importance_only, plasticity_only × seeds 1, 2
+    lora = data["lora_reference"]  # the equal-budget LoRA reference, paired by seed
+    lora_scores = [read_json(reference.parent / f"seed{k}_r2" / "final_metrics.json")["score"] for k in (1, 2)]
+    assert lora["rank"] == 2 and lora["scores"] == {"1": lora_scores[0], "2": lora_scores[1]}
+    assert lora["vs_signal"]["combo"]["mean"] == pytest.approx(
+        sum(c - r for c, r in zip(scores["combo"], lora_scores)) / 2)
+    overlap = data["rank_overlap"]["baseline_adalora~combo"]  # Σ min(r_a, r_b) / budget, by hand
+    by_hand = []
+    for a, b in zip(summaries["baseline_adalora"], summaries["combo"]):
+        by_hand.append(sum(min(a["ranks"][m], b["ranks"][m]) for m in a["ranks"]) / a["target_budget"])
+    assert overlap["shared_rank_mean"] == pytest.approx(sum(by_hand) / 2)
+    assert "signals.csv" in {p.name for p in compare.iterdir()} and "lora_r2,1," in (compare / "signals.csv").read_text()
+    table = (compare / "table.md").read_text().splitlines()  # the README table
+    assert len(table) == 2 + 2 + 1 and table[-1].startswith("| LoRA r=2 on q,k,v,o,ffn_in,ffn_out | 1, 2 |")
+    combo = data["signals"]["combo"]
+    assert table[3].startswith(f"| combo | 1, 2 | {combo['mean']:.4f} ± {combo['std']:.4f} [{combo['ci_low']:.4f}, ")
+    assert "| 24 | True |" in table[3]
     code, out, err = run_cli(["adalora", "run", "--signal", "nope", "--out", str(tmp_path), *common], capsys)
     assert code == 2 and err.strip() == "error: unknown signal 'nope'; choose one of: baseline_adalora, " \
         "importance_only, plasticity_only, combo"
+    code, out, err = run_cli(["adalora", "run", "--signals", "combo", "nope", "--out", str(tmp_path / "bad"), *common],
+                             capsys)  # every setting is checked before the first run starts
+    assert code == 2 and err.startswith("error: unknown signal 'nope'") and not (tmp_path / "bad").exists()
+
+
+def test_mnli_offline_is_one_clear_line(tmp_path, tiny_dir, capsys, monkeypatch):
+    """MNLI has no local copy here: the Hub option is the way for online users; offline it is one line."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "nodata").mkdir()
+    code, out, err = run_cli(["adalora", "run", "--task", "MNLI", "--signal", "combo", "--out", str(tmp_path),
+                              f"model={tiny_dir}", f"data_dir={tmp_path / 'nodata'}"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: no MNLI train file")
+    assert "Hub is off" in err and "glue/MNLI/train.tsv" in err and not (tmp_path / "ADALORA").exists()
+
+
+def test_budget_mismatch_at_the_end_is_a_loud_warning_with_numbers(capsys):
+    """Nothing was allocated (rank 4 everywhere) yet target_r=2: the end-of-training check says so, even quietly."""
+    from types import SimpleNamespace
+
+    from peftlab.methods.adalora_callback import AdaLoraCallback
+
+    model, cfg = adalora_model()
+    callback = AdaLoraCallback(cfg, run_dir=None, verbose=False)
+    callback.on_train_end(None, SimpleNamespace(global_step=8), None, model=model)
+    err = capsys.readouterr().err
+    assert "WARNING: budget check failed at the end of training: total rank 48 != target_r 2 × 12 matrices = 24" in err

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# run_all.sh TASK [SEEDS...]: every signal × seed (default seeds 1 2 3), then `peftlab adalora compare` and plots.
-#   e.g. scripts/adalora/run_all.sh RTE 1 2 3
+# run_all.sh TASK [SEEDS...] [-- KEY=VALUE ...]: every signal × seed (default seeds 1 2 3) plus the equal-budget LoRA
+# reference per seed (run_ablation_all.sh), then `peftlab adalora compare`.
+#   e.g. scripts/adalora/run_all.sh RTE 1 2 3 -- lr=1e-3 tinit=0.1 tfinal=0.3
 set -euo pipefail
-if [ "$#" -lt 1 ]; then echo "usage: $(basename "$0") TASK [SEEDS...]" >&2; exit 2; fi
+if [ "$#" -lt 1 ]; then echo "usage: $(basename "$0") TASK [SEEDS...] [-- KEY=VALUE | --option ...]" >&2; exit 2; fi
 TASK=$1; shift
-if [ "$#" -eq 0 ]; then SEEDS=(1 2 3); else SEEDS=("$@"); fi
+SEEDS=()
+while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do SEEDS+=("$1"); shift; done
+if [ "$#" -gt 0 ]; then shift; fi  # the "--"; the rest goes to every run
+if [ "${#SEEDS[@]}" -eq 0 ]; then SEEDS=(1 2 3); fi
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if command -v peftlab >/dev/null 2>&1; then PEFTLAB=peftlab; else PEFTLAB="$HERE/../../.venv/bin/peftlab"; fi
-SIGNALS=(baseline_adalora importance_only plasticity_only combo)
+OUT=()
+for ((i = 1; i <= $#; i++)); do if [ "${!i}" = "--out" ]; then j=$((i + 1)); OUT=(--out "${!j}"); fi; done
 for seed in "${SEEDS[@]}"; do
-  for signal in "${SIGNALS[@]}"; do
-    run_dir=$("$PEFTLAB" adalora run --task "$TASK" --signal "$signal" --seed "$seed" | head -n 1)
-    "$PEFTLAB" adalora plot "$run_dir"
-  done
+  "$HERE/run_ablation_all.sh" "$TASK" "$seed" "$@"
 done
-"$PEFTLAB" adalora compare --task "$TASK" --signals "${SIGNALS[@]}" --seeds "${SEEDS[@]}"
+"$PEFTLAB" adalora compare --task "$TASK" --seeds "${SEEDS[@]}" "${OUT[@]}"

@@ -7,4 +7,6 @@
     analyze.py   `peftlab analyze`;  compare.py  `peftlab compare`
     aggregate.py `peftlab aggregate` (across seeds);  ranks.py  `peftlab compare-ranks`
     report.py    self-contained HTML (`write_report`, `study_report`)
+    adalora.py   AdaLoRA run plots + `peftlab adalora compare`;  adalora_view.py  its table.md and compare.png
+    adalora_heads.py  AdaLoRA final q/k/v/o ranks vs summed head measurements (part of `peftlab analyze`)
 """

@@ -1,5 +1,8 @@
 """`peftlab analyze RUN_DIR`: heads.csv, stats.json, cases.json and the per-run figures in RUN_DIR/analysis/.
 
+For an AdaLoRA run also module_ranks.csv, stats.json `adalora_ranks` and fig_adalora_rank_vs_heads.png
+(final rank of each q/k/v/o module vs the summed head measurements; see `adalora_heads.py`).
+
 Reads only the saved measurement tables (see `tables.py`); a figure can be redrawn without a model.
 """
 
@@ -89,11 +92,22 @@ def analyze_run(
     }
     atomic_write_text(out_dir / "heads.csv", heads.to_csv(index=False))
     atomic_write_json(out_dir / "cases.json", cases)
+    if meta.method == "adalora":  # issue 9 §5: final rank of each q/k/v/o module next to the layer's heads
+        from peftlab.analysis.adalora_heads import analyze_adalora
+
+        signal = ((read_json(run_dir / "run_config.json").get("config") or {}).get("signal")
+                  if (run_dir / "run_config.json").is_file() else None)
+        stats["adalora_ranks"], adalora_notes = analyze_adalora(
+            run_dir, heads, out_dir, signal=signal, n_resamples=n_resamples, seed=seed, level=level, dpi=dpi,
+            figures=figures)
+        notes += adalora_notes
     if figures:
         written, figure_notes = run_figures(heads, table.n_layers, table.n_heads, stats, cases, out_dir, unit,
                                             meta.label, dpi)
         notes += figure_notes
         stats["figures"] = [p.name for p in written]
+        if (stats.get("adalora_ranks") or {}).get("figure"):
+            stats["figures"].append(stats["adalora_ranks"]["figure"])
     stats["notes"] = notes
     atomic_write_json(out_dir / "stats.json", stats)
     return out_dir
@@ -101,15 +115,18 @@ def analyze_run(
 
 def _newest_input(run_dir: Path) -> float:
     files = [run_dir / s.file for s in SOURCES.values()] + [run_dir / "final_metrics.json", run_dir / TAYLOR_FILE,
-                                                            run_dir / "probe.json"]
+                                                            run_dir / "probe.json", run_dir / "final_summary.json"]
     return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
 
 
 def _stats_format(path: Path) -> int | None:
     try:
-        return read_json(path).get("format")
+        stats = read_json(path)
     except ValueError:  # a corrupt file is redone
         return None
+    if (path.parent.parent / "final_summary.json").is_file() and "adalora_ranks" not in stats:
+        return None  # an AdaLoRA run analysed before the rank-vs-heads block existed is redone
+    return stats.get("format")
 
 
 def ensure_analysis(run_dir: str | Path, **kwargs) -> Path:

@@ -274,6 +274,35 @@ def _rho_or_why(entry: dict | None) -> str:
     return _ci_text(entry)
 
 
+def adalora_section(runs: list[tuple[Path, dict, dict]]) -> Section | None:
+    """AdaLoRA runs only: Spearman ρ between each q/k/v/o module's final rank and its layer's summed head
+    measurements (stats.json `adalora_ranks`), per module type and pooled, with the verdict in words."""
+    rows, figures, boot = [], [], None
+    for run_dir, stats, _ in runs:
+        block = stats.get("adalora_ranks")
+        if not block:
+            continue
+        boot = block["bootstrap"]
+        name = f"{stats['run']['label']} seed {stats['run']['seed']}"
+        for group, entries in block["spearman"].items():
+            for aggregate, entry in entries.items():
+                rows.append({"run": name, "signal": block.get("signal"), "modules": group,
+                             "aggregate": f"Σ {entry.get('from') or aggregate}", "n": entry.get("n"),
+                             "ρ [95 % CI]": _rho_or_why(entry), "reading": entry.get("verdict")})
+        if block.get("figure"):
+            figures.append(run_dir / "analysis" / block["figure"])
+    if not rows:
+        return None
+    return Section("AdaLoRA: does the final rank follow importance or plasticity?", [
+        "For each AdaLoRA run, the final rank of every layer's q, k, v, o matrix (from the saved rank pattern) "
+        "against the sum over that layer's heads of I_pre, G, U (the module's own U_q/U_k/U_v/U_o slice) and I_post. "
+        f"Spearman ρ over modules with a 95 % percentile bootstrap CI (modules resampled, {boot['n_resamples']} "
+        f"resamples, seed {boot['seed']}); per module type n = number of layers, pooled n = 4 × layers. "
+        "I_pre, G and I_post are per head, so the four modules of a layer share one sum (only U is per module). "
+        "Modules of one layer and one budget are not independent: read the CIs as describing this run's modules. "
+        "Per-module values in each run's analysis/module_ranks.csv.", pd.DataFrame(rows), *figures])
+
+
 def _run_sections(runs: list[tuple[Path, dict, dict]]) -> list[Section]:
     """Summary, configs, dev scores, θ0 and Taylor agreement, statistics, counter-examples, figures."""
     configs, scores, theta0, stat_rows, topk_rows, case_rows = [], [], [], [], [], []
@@ -334,6 +363,9 @@ def _run_sections(runs: list[tuple[Path, dict, dict]]) -> list[Section]:
             "each run's analysis/cases.json. Chance = permutation null (importance shuffled against U and G).",
             pd.DataFrame(case_rows)]),
     ]
+    adalora = adalora_section(runs)
+    if adalora is not None:
+        sections.append(adalora)
     for run_dir, stats, _ in runs:
         folder = run_dir / "analysis"
         figures = [folder / "fig_I_vs_U.png", folder / "fig_stats.png", folder / "fig_heatmaps.png"]

@@ -62,6 +62,12 @@ def register(app: typer.Typer) -> None:
         ray_address: Optional[str] = bo.RAY_ADDRESS,
         max_concurrent: int = bo.MAX_CONCURRENT,
         cpus_per_run: Optional[float] = bo.CPUS_PER_RUN,
+        lora_reference: bool = typer.Option(
+            False, "--lora-reference", help="Also train, per seed, the equal-budget LoRA reference (PEFT LoRA, "
+            "r = target_r, same targets and settings) into <out>/ADALORA/<TASK>/lora_reference/ (after the sweep, "
+            "in this process)."),
+        lora_lr: float = typer.Option(None, "--lora-lr", help="Learning rate of the LoRA reference (default: the "
+                                      "AdaLoRA runs' lr; LoRA's B·A·alpha/r is scaled differently from AdaLoRA's)."),
     ) -> None:
         """Train AdaLoRA runs (signals × seeds, a sweep: local or Ray) into <out>/ADALORA/<TASK>/<signal>/seed<S>/
         (targets default to all six matrices); prints each run dir and its summary."""
@@ -80,7 +86,11 @@ def register(app: typer.Typer) -> None:
                     seeds = values
                 else:
                     signals = values
-        spec = adalora_spec(task, split_values(signals or ["baseline_adalora"]),
+        from peftlab.config import ADALORA_SIGNALS
+
+        chosen = split_values(signals or ["baseline_adalora"])
+        chosen = list(ADALORA_SIGNALS) if "all" in chosen else chosen
+        spec = adalora_spec(task, chosen,
                             int_values(seeds or ["1"], "--seed"), config, overrides,
                             bo.resources(backend, max_concurrent, cpus_per_run))
         root = out or "outputs"
@@ -92,6 +102,25 @@ def register(app: typer.Typer) -> None:
         for run in runs:
             typer.echo(str(run.run_dir))
             typer.echo(summary_line(run.run_dir))
+        if lora_reference:  # same settings, PEFT LoRA with r = target_r: the budget AdaLoRA ends at
+            from peftlab.analysis.adalora import lora_reference_root
+            from peftlab.config import load_config
+            from peftlab.tasks import get_task
+            from peftlab.train import train_run
+
+            done = set()
+            for run in runs:
+                base = run.cfg
+                if base.seed in done:
+                    continue
+                done.add(base.seed)
+                ref_out = lora_reference_root(base.out, get_task(base.task).name)
+                cfg = load_config(config, ADALORA_DEFAULTS + [f"task={task}", f"seed={base.seed}"] + overrides + [
+                    "method=peft-lora", f"rank={base.target_r}", f"targets={','.join(base.targets)}",
+                    f"lr={base.lr if lora_lr is None else lora_lr}", f"out={ref_out}"])
+                run_dir = train_run(cfg, force=force)
+                typer.echo(str(run_dir))
+                typer.echo(summary_line(run_dir))
 
     @adalora.command("compare")
     def compare_command(
@@ -100,7 +129,9 @@ def register(app: typer.Typer) -> None:
         seeds: list[int] = typer.Option(None, "--seeds", help="Seeds (default: 1 2 3)."),
         out: str = typer.Option("outputs", "--out"),
     ) -> None:
-        """Dev metric per signal (mean, SE and 95 % t-CI over seeds) and the paired difference vs baseline_adalora."""
+        """Dev metric per signal (mean, SE and 95 % t-CI over seeds), the paired difference vs baseline_adalora and vs
+        the equal-budget LoRA reference (`adalora run --lora-reference`), the overlap of the signals' final rank
+        patterns, and compare.png (final rank per layer × module type per signal, dev scores, overlap)."""
         from peftlab.analysis.adalora import compare_signals
         from peftlab.config import ADALORA_SIGNALS
         from peftlab.io import read_json
@@ -112,7 +143,15 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{signal:18s} n={row['n']} mean={row['mean']:.4f}{ci}")
         for signal, row in data["vs_baseline"].items():
             typer.echo(f"{signal} − baseline_adalora: {row['verdict']}")
-        for command in data["missing_runs"]:
+        reference = data["lora_reference"]
+        if reference["scores"]:
+            typer.echo(f"LoRA r={reference['rank']} (equal budget) n={reference['n']} mean={reference['mean']:.4f}")
+            for signal, row in reference["vs_signal"].items():
+                typer.echo(f"{signal} − LoRA r={reference['rank']}: {row['verdict']}")
+        for key, row in data["rank_overlap"].items():
+            if row["shared_rank_mean"] is not None:
+                typer.echo(f"rank overlap {key}: shared rank {row['shared_rank_mean']:.3f}")
+        for command in data["missing_runs"] + data["missing_lora_reference"]:
             typer.echo(f"missing: {command}")
         typer.echo(str(out_dir))
 

@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
 
         Spearman ρ with bootstrap CIs, top-K overlap and counter-examples against permutation chance
         levels, and which heads' exact importance differs from 0 (t-test over examples, BH q = 0.05).
+        For an AdaLoRA run also module_ranks.csv and fig_adalora_rank_vs_heads.png: Spearman ρ (bootstrap
+        CI over modules) between each q/k/v/o module's final rank and the sum over its layer's heads of
+        I_pre, G, U (its own U_q..U_o slice) and I_post, per module type and pooled.
         """
         from peftlab.analysis.analyze import analyze_run
         from peftlab.io import read_json
@@ -64,6 +67,11 @@ def register(app: typer.Typer) -> None:
             entry = stats.get("significance", {}).get(col) or {}
             if entry.get("measured"):
                 typer.echo(f"{col}: {entry['message']}", err=True)
+        for name, entry in ((stats.get("adalora_ranks") or {}).get("spearman") or {}).get("pooled", {}).items():
+            rho = "n/a" if entry.get("rho") is None else f"{entry['rho']:+.3f}"
+            ci = "" if entry.get("ci_low") is None else f" [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
+            typer.echo(f"AdaLoRA rank~Σ{name:<7} ρ = {rho}{ci} (n = {entry['n']} modules): {entry['verdict']}",
+                       err=True)
         typer.echo(str(out_dir))
 
     @app.command("compare")

@@ -5,9 +5,11 @@ Files in the run directory (written as training goes; none marks completion — 
                        budget_ok, n_active_modules, revived, changed: {module: [old, new]}, ranks: {module: rank}};
                        a last row {kind: "end", ...} with the trainable parameter counts
   signal_scores.jsonl  one row per allocation: {step, signal, scores: {module: [T_i for each triplet]},
-                       kept: {module: [triplet kept?]}} (T_i as in adalora_signals; baseline: PEFT's score)
+                       kept: {module: [triplet kept?]}, other_signals: {signal: {module: [T_i]}}} (T_i as in
+                       adalora_signals; baseline: PEFT's score; other_signals: the three signals not allocating,
+                       scored on the same gradients)
   final_summary.json   written by `write_final_summary` before final_metrics.json: dev metrics, total_rank,
-                       target_budget, budget_ok, trainable params at start and end, train time
+                       target_budget, budget_ok, revived_total, trainable params at start and end, train time
 """
 
 from __future__ import annotations
@@ -102,20 +104,24 @@ class AdaLoraCallback(TrainerCallback):
         self.allocations.append(row)
         self.masked, self.ranks = masked, ranks
         scores = getattr(adalora.rankallocator, "last_scores", None)
+        others = getattr(adalora.rankallocator, "last_scores_all", None) or {}
         if self.run_dir is not None:
             append_jsonl(self.run_dir / RANK_PATTERN, row)
             if scores is not None:
+                def per_module(values):
+                    return {module_of(k): [float(x) for x in v.view(-1)] for k, v in values.items()}
+
                 append_jsonl(self.run_dir / SIGNAL_SCORES, {
-                    "step": step, "signal": self.cfg.signal,
-                    "scores": {module_of(k): [float(x) for x in v.view(-1)] for k, v in scores.items()},
-                    "kept": {module_of(k): [bool(x) for x in kept] for k, kept in pattern.items()}})
+                    "step": step, "signal": self.cfg.signal, "scores": per_module(scores),
+                    "kept": {module_of(k): [bool(x) for x in kept] for k, kept in pattern.items()},
+                    "other_signals": {s: per_module(v) for s, v in others.items() if s != self.cfg.signal}})
         moved = ", ".join(f"{m} {a}→{b}" for m, (a, b) in list(changed.items())[:8])
         more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
         self._say(f"[AdaLoRA Update] Step {step}: Total budget={budget}, Active modules={row['n_active_modules']}"
                   f", total rank={total_rank}, revived={revived}" + (f"; rank changed: {moved}{more}" if changed else ""))
         if not row["budget_ok"]:
-            self._say(f"[AdaLoRA] warning: step {step} keeps total rank {total_rank}, not the scheduled {budget} "
-                      f"(tied scores at the threshold)")
+            self._say(f"[AdaLoRA] WARNING: budget check failed at step {step}: total rank {total_rank} != scheduled "
+                      f"budget {budget} (tied scores at the threshold?)", force=True)
 
     # ------------------------------------------------------------ end
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -135,9 +141,14 @@ class AdaLoraCallback(TrainerCallback):
                                                                      "tfinal": self.tfinal}}
         if self.run_dir is not None:
             append_jsonl(self.run_dir / RANK_PATTERN, row)
+        if row["total_rank"] != row["target_budget"]:  # loud in runs; tests assert budget_ok
+            self._say(f"[AdaLoRA] WARNING: budget check failed at the end of training: total rank "
+                      f"{row['total_rank']} != target_r {self.cfg.target_r} × {len(ranks)} matrices = "
+                      f"{row['target_budget']} (signal {self.cfg.signal}); final_summary.json says budget_ok=false",
+                      force=True)
 
-    def _say(self, text: str) -> None:
-        if self.verbose:
+    def _say(self, text: str, force: bool = False) -> None:
+        if self.verbose or force:
             print(text, file=sys.stderr, flush=True)
 
 
@@ -155,6 +166,8 @@ def write_final_summary(run_dir: Path, final_metrics: dict) -> Path:
         "total_rank": end["total_rank"], "target_budget": end["target_budget"],
         "budget_ok": end["total_rank"] == end["target_budget"],
         "ranks": end["ranks"], "n_allocations": end["n_allocations"], "schedule": end["schedule"],
+        # triplets masked at one allocation and kept again at the next, summed over allocations
+        "revived_total": sum(int(r.get("revived") or 0) for r in rows if r.get("kind") == "allocation"),
         "trainable_params_start": end["trainable_params_start"], "trainable_params_end": end["trainable_params_end"],
         "train_s": (final_metrics.get("timing") or {}).get("train_s"),
     }

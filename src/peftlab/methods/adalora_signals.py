@@ -15,6 +15,8 @@ Signals (`signal` config key):
                     this allocation: z(x) = (x − mean x) / std x (population std; 0 when std = 0)
 with g = ∂L/∂w of the step just taken, d = `ema_decay`, λ = `combo_lambda`, EMAs starting at 0 (as PEFT's).
 The three new signals keep exactly `budget` triplets (stable sort, ties → lower index first).
+Every allocator keeps PEFT's EMAs *and* the |w·g|, |g| EMAs, so each allocation also records what the other
+three signals would have scored on the same gradients (`last_scores_all`); only the chosen one masks.
 
 A masked triplet has E_i = 0, so ∂L/∂A_i = ∂L/∂B_i = 0, but ∂L/∂E_i ≠ 0: E_i moves again after the
 next optimizer step and the triplet can be *revived* by a later allocation (the callback counts them).
@@ -60,34 +62,18 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
 
 
 class RecordingRankAllocator(RankAllocator):
-    """PEFT's allocator, unchanged, that also records the triplet scores of each allocation (`last_scores`)."""
+    """PEFT's allocator, unchanged, that also records the triplet scores of each allocation (`last_scores`) and,
+    for comparison, every other signal's scores on the same gradients (`last_scores_all`, {signal: scores}).
+
+    The comparison EMAs (|w·g| and |g|, decay `ema_decay`) are kept beside PEFT's own and never feed its mask.
+    """
 
     signal = "baseline_adalora"
 
-    def __init__(self, model, peft_config, adapter_name):
+    def __init__(self, model, peft_config, adapter_name, ema_decay: float = 0.9, combo_lambda: float = 1.0):
         self.last_scores: dict[str, torch.Tensor] | None = None
-        super().__init__(model, peft_config, adapter_name)
-
-    def update_ipt(self, model):
-        _require_gradients(model, self.adapter_name)
-        super().update_ipt(model)
-
-    def current_scores(self) -> dict[str, torch.Tensor]:
-        """PEFT's triplet score (sensitivity × uncertainty, aggregated) — what `mask_to_budget` thresholds."""
-        return triplet_scores({n: self._element_score(n) for n in self.exp_avg_ipt}, self.adapter_name)
-
-    def mask_to_budget(self, model, budget):
-        self.last_scores = {k: v.detach().clone() for k, v in self.current_scores().items()}
-        return super().mask_to_budget(model, budget)
-
-
-class SignalRankAllocator(RecordingRankAllocator):
-    """Importance-only, plasticity-only or combo scores; keeps exactly `budget` triplets."""
-
-    def __init__(self, model, peft_config, adapter_name, signal: str, ema_decay: float, combo_lambda: float):
-        if signal not in SIGNALS[1:]:
-            raise PeftlabError(f"unknown signal '{signal}'; choose one of: {', '.join(SIGNALS)}")
-        self.signal, self.ema_decay, self.combo_lambda = signal, float(ema_decay), float(combo_lambda)
+        self.last_scores_all: dict[str, dict[str, torch.Tensor]] | None = None
+        self.ema_decay, self.combo_lambda = float(ema_decay), float(combo_lambda)
         self.ema_importance: dict[str, torch.Tensor] = {}
         self.ema_plasticity: dict[str, torch.Tensor] = {}
         super().__init__(model, peft_config, adapter_name)
@@ -97,8 +83,12 @@ class SignalRankAllocator(RecordingRankAllocator):
         self.ema_importance, self.ema_plasticity = {}, {}
 
     def update_ipt(self, model):
-        """EMA_d of |w·g| and of |g| for every lora_A/E/B element (g = the gradient of this step)."""
         _require_gradients(model, self.adapter_name)
+        super().update_ipt(model)  # PEFT's sensitivity × uncertainty EMAs
+        self.update_signal_emas(model)
+
+    def update_signal_emas(self, model) -> None:
+        """EMA_d of |w·g| and of |g| for every lora_A/E/B element (g = the gradient of this step)."""
         d = self.ema_decay
         with torch.no_grad():
             for name, param in model.named_parameters():
@@ -111,12 +101,15 @@ class SignalRankAllocator(RecordingRankAllocator):
                 self.ema_importance[name].mul_(d).add_((param * grad).abs(), alpha=1 - d)
                 self.ema_plasticity[name].mul_(d).add_(grad.abs(), alpha=1 - d)
 
-    def current_scores(self) -> dict[str, torch.Tensor]:
+    def scores_of(self, signal: str) -> dict[str, torch.Tensor]:
+        """{lora_E name: T [r]} of `signal` from the current EMAs (every signal, whichever one allocates)."""
+        if signal == "baseline_adalora":  # PEFT's triplet score: what its `mask_to_budget` thresholds
+            return triplet_scores({n: self._element_score(n) for n in self.exp_avg_ipt}, self.adapter_name)
         importance = triplet_scores(self.ema_importance, self.adapter_name)
         plasticity = triplet_scores(self.ema_plasticity, self.adapter_name)
-        if self.signal == "importance_only":
+        if signal == "importance_only":
             return importance
-        if self.signal == "plasticity_only":
+        if signal == "plasticity_only":
             return plasticity
         names = list(importance)
         sizes = [importance[n].numel() for n in names]
@@ -124,10 +117,31 @@ class SignalRankAllocator(RecordingRankAllocator):
         z_pla = zscore(torch.cat([plasticity[n] for n in names])).split(sizes)
         return {n: zi + self.combo_lambda * zp for n, zi, zp in zip(names, z_imp, z_pla)}
 
+    def current_scores(self) -> dict[str, torch.Tensor]:
+        return self.scores_of(self.signal)
+
+    def _record_scores(self) -> dict[str, torch.Tensor]:
+        self.last_scores_all = {s: {k: v.detach().clone() for k, v in self.scores_of(s).items()} for s in SIGNALS}
+        self.last_scores = self.last_scores_all[self.signal]
+        return self.last_scores
+
+    def mask_to_budget(self, model, budget):
+        self._record_scores()
+        return super().mask_to_budget(model, budget)
+
+
+class SignalRankAllocator(RecordingRankAllocator):
+    """Importance-only, plasticity-only or combo scores; keeps exactly `budget` triplets."""
+
+    def __init__(self, model, peft_config, adapter_name, signal: str, ema_decay: float, combo_lambda: float):
+        if signal not in SIGNALS[1:]:
+            raise PeftlabError(f"unknown signal '{signal}'; choose one of: {', '.join(SIGNALS)}")
+        self.signal = signal
+        super().__init__(model, peft_config, adapter_name, ema_decay, combo_lambda)
+
     def mask_to_budget(self, model, budget):
         """Keep the `budget` highest-scoring triplets over all modules, zero E of the rest; PEFT's rank_pattern."""
-        scores = self.current_scores()
-        self.last_scores = {k: v.detach().clone() for k, v in scores.items()}
+        scores = self._record_scores()
         names = list(scores)
         flat = torch.cat([scores[n] for n in names])  # [total triplets]
         order = torch.argsort(flat, descending=True, stable=True)
@@ -153,5 +167,5 @@ def _require_gradients(model, adapter: str) -> None:
 def make_allocator(model, peft_config, adapter: str, signal: str, ema_decay: float, combo_lambda: float):
     """The allocator for `signal`, built on the inner HF model as PEFT builds its own."""
     if signal == "baseline_adalora":
-        return RecordingRankAllocator(model, peft_config, adapter)
+        return RecordingRankAllocator(model, peft_config, adapter, ema_decay, combo_lambda)
     return SignalRankAllocator(model, peft_config, adapter, signal, ema_decay, combo_lambda)
