@@ -1,6 +1,6 @@
 """Sweep overhead: the same 8 tiny runs with the local backend (one after another) and with Ray (2 concurrent).
 
-    .venv/bin/python benchmarks/sweep_overhead.py                 # packaged MiniLM, 32 RTE rows per run
+    .venv/bin/python benchmarks/sweep_overhead.py                 # packaged MiniLM, 128 RTE rows per run
     .venv/bin/python benchmarks/sweep_overhead.py --model tiny    # a tiny random BERT: almost pure overhead
 
 Grid: method [fft, lora] × seed [1, 2, 3, 4], 1 epoch over `--train-rows` RTE training rows, `--eval-rows`
@@ -22,7 +22,8 @@ from pathlib import Path
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("minilm", "tiny"), default="minilm")
-    parser.add_argument("--train-rows", type=int, default=32)
+    # 128 rows = 16 optimizer steps (batch 8): still a tiny run, but not one that measures only start-up
+    parser.add_argument("--train-rows", type=int, default=128)
     parser.add_argument("--eval-rows", type=int, default=32)
     parser.add_argument("--max-concurrent", type=int, default=2)
     parser.add_argument("--out", default=None, help="Output root (default: a temporary directory, removed after)")
