@@ -405,7 +405,8 @@ def test_cli_run_plot_compare(tmp_path, tiny_dir, data_dir, capsys):
             assert f"ADALORA/RTE/{signal}/seed{seed}" in out
         assert f"ADALORA/RTE/lora_reference/PEFT-LoRA/RTE/seed{seed}_r2" in out
     assert err.count("[AdaLoRA Update] Step 4") == 4 and "WARNING" not in err
-    reference = tmp_path / "ADALORA" / "RTE" / "lora_reference" / "PEFT-LoRA" / "RTE" / "seed1_r2"
+    # non-default options (here the six AdaLoRA targets) name the run dir: seed1_r2__targets-...
+    (reference,) = (tmp_path / "ADALORA" / "RTE" / "lora_reference" / "PEFT-LoRA" / "RTE").glob("seed1_r2*")
     ref_config = read_json(reference / "run_config.json")["config"]
     ada_config = read_json(tmp_path / "ADALORA" / "RTE" / "combo" / "seed1" / "run_config.json")["config"]
     assert ref_config["rank"] == ada_config["target_r"] == 2 and ref_config["targets"] == ada_config["targets"]
@@ -432,7 +433,8 @@ def test_cli_run_plot_compare(tmp_path, tiny_dir, data_dir, capsys):
     assert data["vs_baseline"]["combo"]["mean"] == pytest.approx(sum(diffs) / 2)
     assert len(data["missing_runs"]) == 2 * 2  # importance_only, plasticity_only × seeds 1, 2
     lora = data["lora_reference"]  # the equal-budget LoRA reference, paired by seed
-    lora_scores = [read_json(reference.parent / f"seed{k}_r2" / "final_metrics.json")["score"] for k in (1, 2)]
+    ref_dirs = [reference.parent / reference.name.replace("seed1_", f"seed{k}_") for k in (1, 2)]
+    lora_scores = [read_json(d / "final_metrics.json")["score"] for d in ref_dirs]
     assert lora["rank"] == 2 and lora["scores"] == {"1": lora_scores[0], "2": lora_scores[1]}
     assert lora["vs_signal"]["combo"]["mean"] == pytest.approx(
         sum(c - r for c, r in zip(scores["combo"], lora_scores)) / 2)

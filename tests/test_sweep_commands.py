@@ -38,13 +38,13 @@ def test_study_spec_is_its_grid_with_the_profile_as_preset():
     spec = study_spec(plan, profile_settings("quick", "SST-2"))
     assert spec.axes == {"method": ["fft", "lora"], "seed": [1, 2], "rank": [4, 8]}
     assert spec.fixed == {"task": "SST-2", "model": "/m", "data_dir": "/d", "epochs": "2"}
-    assert spec.preset == "quick,quick-sst2" and spec.by_method == {"fft": {"lr": 1e-4}, "lora": {"lr": 1e-3}}
+    assert spec.preset == "quick,quick-sst2" and spec.by_method == {"fft": {"lr": 1e-4}, "lora": {"lr": 2e-3}}
     runs = expand(spec, "o")
     # fft ignores rank: 2 seeds × (1 fft + 2 lora ranks) = 6 runs, in the study's order
     assert [r.run_dir.as_posix() for r in runs] == [
         "o/FFT/SST-2/seed1", "o/FFT/SST-2/seed2", "o/LoRA/SST-2/seed1_r4", "o/LoRA/SST-2/seed1_r8",
         "o/LoRA/SST-2/seed2_r4", "o/LoRA/SST-2/seed2_r8"]
-    assert [r.cfg.lr for r in runs] == [1e-4, 1e-4, 1e-3, 1e-3, 1e-3, 1e-3] and runs[0].cfg.epochs == 2
+    assert [r.cfg.lr for r in runs] == [1e-4, 1e-4, 2e-3, 2e-3, 2e-3, 2e-3] and runs[0].cfg.epochs == 2
     assert runs[0].cfg.rank == 8  # the fft config does not take the first rank point (4)
     # a user lr replaces the profile's per-method lr; a grid key cannot be overridden
     user = study_spec(StudyPlan("SST-2", ["lora"], [1], [8], "quick", overrides=["lr=3e-4"]),

@@ -186,6 +186,12 @@ def rank_overlap(a: dict[str, int], b: dict[str, int]) -> dict:
             "spearman": rho, "n_modules": len(modules)}
 
 
+def _reference_targets(run_dir: Path) -> list | None:
+    """The `targets` a run was trained with (its run_config.json), or None when it has none."""
+    path = Path(run_dir) / "run_config.json"
+    return list((read_json(path).get("config") or {}).get("targets") or []) if path.is_file() else None
+
+
 def _lora_reference(task: str, seeds: list[int], out, adalora_config: dict) -> tuple[dict, list[str]]:
     """Scores of the finished equal-budget LoRA reference runs, {seed: score}, and the commands of missing ones."""
     from peftlab.runs import read_final_metrics
@@ -194,7 +200,12 @@ def _lora_reference(task: str, seeds: list[int], out, adalora_config: dict) -> t
     root = lora_reference_root(out, task)
     scores, missing = {}, []
     for seed in seeds:
-        run = root / "PEFT-LoRA" / task / f"seed{seed}_r{rank}"
+        # the reference's non-default options (targets, alpha) name its directory too (runs.run_dir_for):
+        # seed<S>_r<R>[__<option>-<value>...]; the targets check below picks the one matching these runs
+        base = f"seed{seed}_r{rank}"
+        found = [d for d in sorted((root / "PEFT-LoRA" / task).glob(base + "*"))
+                 if d.name == base or d.name.startswith(base + "__")]
+        run = next((d for d in found if _reference_targets(d) == list(targets or [])), root / "PEFT-LoRA" / task / base)
         final = read_final_metrics(run)
         config = (read_json(run / "run_config.json").get("config") or {}) if (run / "run_config.json").is_file() else {}
         if final and final.get("finished") and isinstance(final.get("score"), (int, float)) \

@@ -148,6 +148,8 @@ def run_sweep(spec: SweepSpec, out: str | Path = "outputs", backend: str = "loca
     sweep_dir = sweep_dir_for(spec, out) if sweep_dir is None else Path(sweep_dir)
     stopped = stopped_before(spec, sweep_dir)
     states = [run_state(r, stopped) for r in runs]
+    if check_inputs and not dry_run:  # before the plan is printed: a missing data dir or model is the one line
+        check_shared_inputs(runs)
     for line in plan_lines(spec, runs, states):
         echo(line)
     if dry_run:
@@ -157,8 +159,6 @@ def run_sweep(spec: SweepSpec, out: str | Path = "outputs", backend: str = "loca
         from peftlab.sweep.ray_backend import require_ray
 
         require_ray()  # a missing extra fails before any run starts
-    if check_inputs:
-        check_shared_inputs(runs)
     # ASHA's decision from an earlier run of this sweep stands (see module docstring)
     carried = {str(r.run_dir): {"status": STOPPED_EARLY, "error": None, "seconds": 0.0}
                for r, state in zip(runs, states) if state == "stopped"}
