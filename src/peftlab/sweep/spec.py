@@ -130,6 +130,18 @@ def _key(raw: Any, where: str, part: str) -> str:
     return key
 
 
+def _numbers(block: dict, keys: tuple[str, ...], name: str, where: str):
+    """(key, raw value, float) for each entry of a numeric settings block (`resources`, `asha`); an unknown key
+    or a non-number is one line naming the block."""
+    for k, v in block.items():
+        if k not in keys:
+            raise _bad(where, f"unknown {name} key '{k}'; valid keys: {', '.join(keys)}")
+        try:
+            yield k, v, float(v)
+        except (TypeError, ValueError):
+            raise _bad(where, f"{name}.{k} must be a number, got {v!r}") from None
+
+
 def parse_spec(data: Any, where: str = "<dict>") -> SweepSpec:
     """Check a loaded YAML mapping and return a `SweepSpec` (PeftlabError naming the bad part)."""
     from peftlab.runs import safe_name
@@ -165,13 +177,7 @@ def parse_spec(data: Any, where: str = "<dict>") -> SweepSpec:
     if not isinstance(res_raw, dict):
         raise _bad(where, f"'resources' must be a mapping of {', '.join(RESOURCE_KEYS)}")
     res = Resources()
-    for k, v in res_raw.items():
-        if k not in RESOURCE_KEYS:
-            raise _bad(where, f"unknown resources key '{k}'; valid keys: {', '.join(RESOURCE_KEYS)}")
-        try:
-            number = float(v)
-        except (TypeError, ValueError):
-            raise _bad(where, f"resources.{k} must be a number, got {v!r}") from None
+    for k, v, number in _numbers(res_raw, RESOURCE_KEYS, "resources", where):
         low = 1 if k == "max_concurrent" else 0
         if not number >= low or (k == "max_concurrent" and not number.is_integer()):
             raise _bad(where, f"resources.{k} must be {'an integer ' if k == 'max_concurrent' else ''}>= {low}, got {v!r}")
@@ -213,13 +219,7 @@ def _parse_asha(raw: Any, search: str, axes: list[str], where: str) -> Asha | No
     if raw is not None and not isinstance(raw, dict):
         raise _bad(where, f"'asha' must be a mapping of {', '.join(ASHA_KEYS)}")
     asha = Asha()
-    for k, v in (raw or {}).items():
-        if k not in ASHA_KEYS:
-            raise _bad(where, f"unknown asha key '{k}'; valid keys: {', '.join(ASHA_KEYS)}")
-        try:
-            number = float(v)
-        except (TypeError, ValueError):
-            raise _bad(where, f"asha.{k} must be a number, got {v!r}") from None
+    for k, v, number in _numbers(raw or {}, ASHA_KEYS, "asha", where):
         if k == "grace_period" and not (number >= 1 and number.is_integer()):
             raise _bad(where, f"asha.grace_period must be a whole number of epochs >= 1, got {v!r}")
         if k == "reduction_factor" and not number > 1:
