@@ -353,3 +353,46 @@ def test_ablation_module_owns_the_arithmetic():
     source = inspect.getsource(fast)
     assert "from peftlab.heads.ablation import" in source
     assert "heads.importance import" not in source and "def importance_row" not in source
+
+
+# ---------------------------------------------------------------------- row chunks of the fast path
+
+
+def test_split_rows_keeps_row_order_trims_trailing_padding_and_bounds_the_chunk_size():
+    from peftlab.heads.batches import split_rows, trim_padding
+
+    ids = torch.arange(40).view(5, 8)  # [B=5, T=8]
+    mask = torch.ones(5, 8, dtype=torch.long)
+    mask[:, 6:] = 0  # two trailing pad columns in every row
+    mask[0, 3:] = 0
+    mask[1, 4:] = 0
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(5)}
+    trimmed = trim_padding(batch)
+    assert trimmed["input_ids"].shape == (5, 6) and torch.equal(trimmed["input_ids"], ids[:, :6])
+    chunks = split_rows(batch, max_tokens=12)  # ≤ 12 // 6 = 2 rows per chunk -> 3 chunks of 2, 1, 2 rows
+    assert [c["labels"].tolist() for c in chunks] == [[0, 1], [2], [3, 4]]
+    assert [c["input_ids"].shape[1] for c in chunks] == [4, 6, 6]  # the first chunk trimmed to its longest row
+    assert all(c["input_ids"].numel() <= 12 for c in chunks)
+    assert torch.equal(torch.cat([c["input_ids"][:, :4] for c in chunks]), ids[:, :4])
+    assert len(split_rows(batch, max_tokens=11)) == 5  # 11 // 6 = 1 row per chunk
+    # left padding (real tokens last) keeps every column; a huge budget keeps the batch whole
+    left = {"input_ids": ids, "attention_mask": mask.flip(1), "labels": torch.arange(5)}
+    assert trim_padding(left) is left
+    assert split_rows(left, max_tokens=10**6) == [left]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fast_in_row_chunks_equals_naive_example_by_example(family, loud_tiny_model, tiny_batches):
+    """Chunks of one row (max_tokens 1) and trimmed padding change nothing but float rounding, d_i in subset order."""
+    from peftlab.heads.importance_fast import iter_fast_importance
+
+    model, batches = loud_tiny_model(family), tiny_batches()
+    batches[0]["attention_mask"][:, -1] = 0  # a trailing column of padding in every row: trimmed away
+    batches[0]["input_ids"][:, -1] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        chunked = list(iter_fast_importance(model, batches, progress=False, chunk_tokens=1))
+    naive = _results(model, batches, "naive")
+    assert_same_rows([r.row for r in chunked], [r.row for r in naive])
+    for a, b in zip(chunked, naive):
+        assert np.max(np.abs(a.d - b.d)) <= 1e-5

@@ -88,3 +88,43 @@ def measurement_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         if had_cache:
             config.use_cache = had_cache
         model.train(was_training)
+
+
+def trim_padding(batch: dict) -> dict:
+    """The batch without its trailing all-padding columns (right padding; `attention_mask` 0 in every row).
+
+    For a right-padded encoder the real tokens' outputs do not depend on extra padded columns (they are
+    masked out of every attention), so trimming changes nothing but float summation order.
+    Left-padded batches (real tokens last) keep every column.
+    """
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2:
+        return batch
+    n_rows, seq_len = mask.shape
+    used = mask.any(dim=0).nonzero()
+    keep = int(used.max()) + 1 if used.numel() else seq_len
+    if keep == seq_len:
+        return batch
+    return {key: value[:, :keep] if isinstance(value, torch.Tensor) and value.dim() >= 2
+            and tuple(value.shape[:2]) == (n_rows, seq_len) else value for key, value in batch.items()}
+
+
+def split_rows(batch: dict, max_tokens: int) -> list[dict]:
+    """`batch` cut into consecutive row chunks of ≤ `max_tokens` padded tokens each, each `trim_padding`-ed.
+
+    Rows keep their order, so per-example results concatenated over the chunks are in the batch's order.
+    A chunk holds at most max(1, max_tokens // T) rows (T: the trimmed batch's length); the chunks are as
+    equal in rows as possible.
+    """
+    batch = trim_padding(batch)
+    n_rows, seq_len = batch["input_ids"].shape[:2]
+    rows_per_chunk = max(1, int(max_tokens) // max(1, seq_len))
+    n_chunks = -(-n_rows // rows_per_chunk)
+    if n_chunks == 1:
+        return [batch]
+    bounds = [round(i * n_rows / n_chunks) for i in range(n_chunks + 1)]
+    chunks = []
+    for start, end in zip(bounds, bounds[1:]):
+        chunks.append(trim_padding({key: value[start:end] if isinstance(value, torch.Tensor) and value.dim() >= 1
+                                    and value.shape[0] == n_rows else value for key, value in batch.items()}))
+    return chunks

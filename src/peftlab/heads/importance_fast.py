@@ -44,8 +44,23 @@ import torch.nn as nn
 
 from peftlab.arch import head_shape
 from peftlab.heads.ablation import HeadResult, SubsetScore, importance_row, iter_naive_importance, resolve_metric
-from peftlab.heads.batches import MetricFn, check_batches, measurement_mode, model_device, progress_bar, to_device
+from peftlab.heads.batches import (
+    MetricFn,
+    check_batches,
+    measurement_mode,
+    model_device,
+    progress_bar,
+    split_rows,
+    to_device,
+)
 from peftlab.heads.layer_replay import BatchRecord, LayerReplay, take_rows
+
+
+# Rows per replay call. The replay is GEMM-bound (profile: addmm ~80 % of self CPU), and smaller calls keep
+# a layer's activations ([tokens, 4·hidden] FFN intermediate) in cache and carry less padding once each chunk
+# is trimmed to its own longest row (subset batches are length-ordered). Measured on MiniLM-L6, 256 RTE dev
+# rows in length order, batch 32, 2 threads, in-process fast sweep: see benchmarks/README.md (issue 12).
+CHUNK_TOKENS = 1024
 
 
 def _close(fast: torch.Tensor, reference: torch.Tensor) -> bool:
@@ -93,12 +108,16 @@ def _layer_input_bytes(model: nn.Module, batches: Sequence[dict], n_layers: int)
 def iter_fast_importance(model: nn.Module, batches: Sequence[dict], metric_fn: MetricFn | None = None,
                          metric_name: str | None = None, done: Iterable[tuple[int, int]] = (),
                          progress: bool = True, on_progress: Callable[[int, int], None] | None = None,
-                         memory_mb: float = 1024.0, task=None) -> Iterator[HeadResult]:
+                         memory_mb: float = 1024.0, task=None,
+                         chunk_tokens: int | None = CHUNK_TOKENS) -> Iterator[HeadResult]:
     """Yield a `HeadResult` (row and d_i, heads/ablation.py) per head not in `done`, in (layer, head) order.
 
-    Rows of layer l are yielded once layer l is finished on every batch.
+    Rows of layer l are yielded once layer l is finished on every batch. Each batch is processed in
+    consecutive row chunks of ≤ `chunk_tokens` padded tokens (`batches.split_rows`; None: whole batches).
     """
     check_batches(batches)
+    chunks = list(batches) if not chunk_tokens else [chunk for batch in batches
+                                                      for chunk in split_rows(batch, chunk_tokens)]
     name, fn = resolve_metric(model, metric_fn, metric_name, task)
     done = set(done)
     replay = LayerReplay(model)
@@ -115,13 +134,13 @@ def iter_fast_importance(model: nn.Module, batches: Sequence[dict], metric_fn: M
         yield from fall_back(replay.unsupported)
         return
 
-    keep_inputs = _layer_input_bytes(model, batches, n_layers) <= memory_mb * 2**20
+    keep_inputs = _layer_input_bytes(model, chunks, n_layers) <= memory_mb * 2**20
     device = model_device(model)
     # One bar over both phases (base pass: one unit per batch; sweep: one per batch and head), so
     # `on_progress(done, total)` counts up to a single total. Closed in `finally`, also when the caller
     # stops iterating early.
     bar = contextlib.ExitStack()
-    advance = bar.enter_context(progress_bar(len(batches) * (1 + n_todo), "importance (fast)", progress,
+    advance = bar.enter_context(progress_bar(len(chunks) * (1 + n_todo), "importance (fast)", progress,
                                              on_progress))
     try:
         with measurement_mode(model), torch.no_grad():
@@ -129,7 +148,7 @@ def iter_fast_importance(model: nn.Module, batches: Sequence[dict], metric_fn: M
             records: list[BatchRecord] = []
             base = SubsetScore()
             problems: list[str] = []
-            for index, batch in enumerate(batches):
+            for index, batch in enumerate(chunks):
                 record = replay.record(to_device(batch, device), keep_inputs)
                 problems = _self_check(replay, record, from_earlier_layer=index == 0)
                 if problems:
