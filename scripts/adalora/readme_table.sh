@@ -12,6 +12,7 @@
 #   AdaLoRA defaults otherwise: init_r 12, target_r 4, alpha 16, beta1 = beta2 = 0.85, orth_reg_weight 0.5.
 #   LoRA reference: lr 1e-3 (--lora-lr): at the AdaLoRA lr 1e-2 (and at 3e-3) PEFT LoRA r=4 (alpha/r = 4) stays at
 #   chance on SST-2; at 1e-3 it reaches 78.3 % (seed 1).
+# TASKS="SST-2" or TASKS="RTE" runs one task (e.g. the two tasks in two shells, one core each); default both.
 # Finished runs are skipped, so the script can be re-run after an interruption (a killed AdaLoRA run needs --force).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,7 +22,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 SEEDS=(1 2 3)
 SST2=(--config sst2 max_train_samples=4096 lr=1e-2 tinit=0.1 tfinal=0.3)
 RTE=(--config rte epochs=1 max_train_samples=1024 lr=1e-2 tinit=0.1 tfinal=0.3 deltaT=5)
-for task in SST-2 RTE; do
+for task in ${TASKS:-SST-2 RTE}; do
   if [ "$task" = SST-2 ]; then SETTINGS=("${SST2[@]}"); else SETTINGS=("${RTE[@]}"); fi
   "$PEFTLAB" adalora run --task "$task" --signals all --seeds "${SEEDS[@]}" --lora-reference "${SETTINGS[@]}" \
     "${OUT[@]}" --lora-lr 1e-3 | while read -r line; do

@@ -22,6 +22,11 @@ q/k/v ≈ 0.19, attention ≈ 0.09): ≈ 0.71 (tail) + (L-2-l) full layers + ≈
 as L grows (a head of layer l still needs layers l..L-1, on average half the model). Measured ratios:
 benchmarks/README.md.
 
+Row chunks: every batch is replayed in consecutive chunks of ≤ CHUNK_TOKENS padded tokens, each trimmed
+to its own longest row (`batches.split_rows`). Per-example results keep the subset order, and I changes
+only by float summation order (|ΔI| ~ 1e-9 on MiniLM/RTE). The naive path, the reference, runs the
+user's batches as given.
+
 Memory: the layer inputs x_l of every batch are kept when they fit in `memory_mb`
 (L · N · T · hidden floats); otherwise only the current layer's are kept and each layer is re-run
 once per batch to advance them (one extra layer-forward per layer and batch).
