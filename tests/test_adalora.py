@@ -445,8 +445,11 @@ def test_cli_run_plot_compare(tmp_path, tiny_dir, data_dir, capsys):
     assert overlap["shared_rank_mean"] == pytest.approx(sum(by_hand) / 2)
     assert "signals.csv" in {p.name for p in compare.iterdir()} and "lora_r2,1," in (compare / "signals.csv").read_text()
     table = (compare / "table.md").read_text().splitlines()  # the README table
-    assert len(table) == 2 + 2 + 1 and table[-1].startswith("| LoRA r=2 on q,k,v,o,ffn_in,ffn_out | 1, 2 |")
-    combo = data["signals"]["combo"]
+    assert len(table) == 2 + 2 + 1 + 2 and table[4].startswith("| LoRA r=2 on q,k,v,o,ffn_in,ffn_out | 1, 2 |")
+    chance, combo = data["chance"], data["signals"]["combo"]  # chance: the constant majority-class predictor
+    assert table[5] == "" and table[6].startswith(f"Chance level: accuracy {chance['chance']:.4f} of the constant")
+    assert combo["vs_chance"] == ("above chance" if combo["mean"] > chance["above_chance_threshold"] else "AT CHANCE")
+    assert f"| {combo['vs_chance']} |" in table[3]
     assert table[3].startswith(f"| combo | 1, 2 | {combo['mean']:.4f} ± {combo['std']:.4f} [{combo['ci_low']:.4f}, ")
     assert "| 24 | True |" in table[3]
     code, out, err = run_cli(["adalora", "run", "--signal", "nope", "--out", str(tmp_path), *common], capsys)
@@ -478,3 +481,32 @@ def test_budget_mismatch_at_the_end_is_a_loud_warning_with_numbers(capsys):
     callback.on_train_end(None, SimpleNamespace(global_step=8), None, model=model)
     err = capsys.readouterr().err
     assert "WARNING: budget check failed at the end of training: total rank 48 != target_r 2 × 12 matrices = 24" in err
+
+
+def test_dev_chance_is_the_constant_majority_predictor_with_a_binomial_band(tmp_path):
+    """Chance = accuracy of always predicting the TRAIN majority class on the evaluated dev rows (not assumed)."""
+    import math
+
+    from peftlab.analysis.adalora_view import chance_caption
+    from peftlab.analysis.dev_chance import chance_verdict, dev_chance
+
+    rte = tmp_path / "glue" / "RTE"
+    rte.mkdir(parents=True)
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    train = ["entailment"] * 7 + ["not_entailment"] * 3  # majority: entailment (id 0)
+    dev = ["entailment", "not_entailment", "not_entailment", "entailment", "not_entailment", "not_entailment"]
+    for name, labels in (("train", train), ("dev", dev)):
+        rows = "".join(f"{i}\ta b\tc d\t{label}\n" for i, label in enumerate(labels))
+        (rte / f"{name}.tsv").write_text(header + rows)
+    chance = dev_chance({"task": "RTE", "data_dir": str(tmp_path), "max_eval_samples": None})
+    assert chance["constant_prediction"] == 0 and chance["n_dev"] == 6
+    assert chance["chance"] == pytest.approx(2 / 6)
+    assert chance["above_chance_threshold"] == pytest.approx(2 / 6 + 1.6448536 * math.sqrt(2 / 6 * 4 / 6 / 6))
+    first3 = dev_chance({"task": "RTE", "data_dir": str(tmp_path), "max_eval_samples": 3})
+    assert first3["n_dev"] == 3 and first3["chance"] == pytest.approx(1 / 3)  # only the rows the runs evaluated
+    assert chance_verdict(0.9, chance) == "above chance" and chance_verdict(0.5, chance) == "AT CHANCE"
+    assert chance_verdict(None, chance) == "n/a"
+    missing = dev_chance({"task": "RTE", "data_dir": str(tmp_path / "none")})
+    assert "chance" not in missing and missing["reason"].startswith("dev/train labels not available here")
+    assert chance_caption(missing).startswith("Chance level: not computed (dev/train labels not available")
+    assert dev_chance({"task": "STS-B", "data_dir": str(tmp_path)})["reason"].startswith("regression")

@@ -71,6 +71,12 @@ def test_bench_writes_one_row_per_cell_with_real_numbers(bench_dir):
         assert parts["steps"] == 2 and min(parts["forward_s"], parts["backward_s"], parts["optimizer_s"]) > 0
         assert sum(parts[k] for k in ("forward_s", "backward_s", "optimizer_s", "other_s")) <= final["timing"]["train_s"]
         assert float(row["latency_b1_ms"]) > 0 and float(row["latency_b8_ms"]) > 0
+    chance = meta["chance"]  # computed from the dev rows the runs were scored on (analysis/dev_chance.py)
+    assert 0 < chance["chance"] < 1 and chance["n_dev"] > 0 and chance["above_chance_threshold"] > chance["chance"]
+    for row in rows:
+        verdict = "above chance" if float(row["score_mean"]) > chance["above_chance_threshold"] else "AT CHANCE"
+        assert row["vs_chance"] == verdict
+    assert f"Chance level: accuracy {chance['chance']:.4f}" in (bench_dir / "bench.md").read_text()
     lora_r2, adapter_b4 = rows[0], rows[3]
     assert int(lora_r2["trainable_params_without_classifier"]) == 2 * 2 * 2 * (32 + 32)  # 2 layers × q,v × r(d+d)
     assert int(adapter_b4["trainable_params_without_classifier"]) == 2 * 2 * adapter_param_count(32, 4)

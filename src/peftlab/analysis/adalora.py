@@ -258,10 +258,17 @@ def compare_signals(task: str, signals: list[str], seeds: list[int], out: str | 
     for signal in per_signal:
         if signal != BASELINE:
             summary["vs_baseline"][signal] = _paired(score_of[signal], score_of.get(BASELINE, {}), BASELINE)
+    from peftlab.analysis.dev_chance import chance_verdict, dev_chance
+
+    chance = dev_chance(config) if config else {"reason": "no run_config.json next to the runs"}
+    summary["chance"] = chance
+    for entry in summary["signals"].values():
+        entry["vs_chance"] = chance_verdict(entry.get("mean"), chance)
     reference, missing_reference = _lora_reference(task, seeds, out, config)
     name = f"LoRA r={reference['rank']}"
     reference.update(_mean_ci(list(reference["scores"].values())))
     reference["vs_signal"] = {signal: _paired(score_of[signal], reference["scores"], name) for signal in per_signal}
+    reference["vs_chance"] = chance_verdict(reference.get("mean"), chance)
     summary["lora_reference"] = reference
     summary["missing_lora_reference"] = missing_reference
     for seed, score in sorted(reference["scores"].items()):

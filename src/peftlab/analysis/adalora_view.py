@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from peftlab.analysis.adalora import _save
+from peftlab.analysis.dev_chance import chance_caption
 
 
 def markdown_table(summary: dict) -> str:
@@ -24,21 +25,22 @@ def markdown_table(summary: dict) -> str:
 
     reference = summary["lora_reference"]
     lora = f"LoRA r={reference['rank']}"
-    lines = [f"| {summary['task']} | seeds | dev score mean ± std [95 % t-CI] | final total rank | budget_ok | "
-             f"train s (mean) | vs baseline_adalora | vs {lora} (equal budget) |", "|---" * 8 + "|"]
+    lines = [f"| {summary['task']} | seeds | dev score mean ± std [95 % t-CI] | vs chance | final total rank | "
+             f"budget_ok | train s (mean) | vs baseline_adalora | vs {lora} (equal budget) |", "|---" * 9 + "|"]
     for signal, entry in summary["signals"].items():
         versus = summary["vs_baseline"].get(signal, {}).get("verdict", "—")
         versus_lora = reference["vs_signal"].get(signal, {}).get("verdict", "—") if reference["scores"] else "not run"
         train = entry.get("train_s_mean")
         lines.append(f"| {signal} | {', '.join(str(s) for s in entry['seeds'])} | {pm(entry)} | "
+                     f"{entry.get('vs_chance', 'n/a')} | "
                      f"{'/'.join(str(r) for r in entry['total_rank'])} | {entry['budget_ok_all']} | "
                      f"{'n/a' if train is None else f'{train:.0f}'} | {versus} | {versus_lora} |")
     if reference["scores"]:
         values = list(reference["scores"].values())
         std = float(np.std(values, ddof=1)) if len(values) > 1 else None
         lines.append(f"| {lora} on {','.join(reference['targets'] or [])} | {', '.join(str(s) for s in reference['scores'])} | "
-                     f"{pm({**reference, 'std': std})} | — | — | — | — | — |")
-    return "\n".join(lines) + "\n"
+                     f"{pm({**reference, 'std': std})} | {reference.get('vs_chance', 'n/a')} | — | — | — | — | — |")
+    return "\n".join(lines) + "\n\n" + chance_caption(summary.get("chance") or {}) + "\n"
 
 
 def compare_figure(per_signal: dict[str, dict[int, dict]], summary: dict, path: Path) -> Path:
@@ -89,6 +91,14 @@ def compare_figure(per_signal: dict[str, dict[int, dict]], summary: dict, path: 
                         fmt="s", color="black", capsize=4)
         elif entry.get("mean") is not None:
             ax.plot([i], [entry["mean"]], "s", color="black")
+    chance = summary.get("chance") or {}
+    if chance.get("chance") is not None:  # the computed chance level (analysis/dev_chance.py) and its 95 % band
+        ax.axhline(chance["chance"], color="tab:red", lw=1, ls="--",
+                   label=f"chance: constant predictor {chance['chance']:.3f}")
+        if chance.get("above_chance_threshold") is not None:
+            ax.axhline(chance["above_chance_threshold"], color="tab:red", lw=0.8, ls=":",
+                       label=f"above chance beyond {chance['above_chance_threshold']:.3f} (95 %)")
+        ax.legend(fontsize=6, loc="best")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
     ax.set(ylabel="dev score (main metric)", title="dev score: mean ± 95 % t-CI over seeds (dots = seeds)")
     ax.title.set_fontsize(8)

@@ -4,6 +4,8 @@ figures/."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 from typing import Any
@@ -142,7 +144,12 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
 
     latency, fft_params, meta_latency = _latency(first_run, latency_iters, latency_warmup, list(latency_batches), say)
     rows = cell_rows(runs, fft_params, latency)
+    from peftlab.analysis.dev_chance import chance_verdict, dev_chance
     from peftlab.bench.budget import equal_budget_rows
+
+    chance = dev_chance(dataclasses.asdict(configs[0][1]))  # the same dev rows for every run of the grid
+    for row in rows:
+        row["vs_chance"] = chance_verdict(row["score_mean"], chance)
 
     equal = equal_budget_rows(rows, *sites) if sites else []
     cfg0 = configs[0][1]
@@ -156,6 +163,7 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
                              "runs shared one process (Ray: one worker per concurrent trial): peak memory is the "
                              "running maximum since that process started, not a per-method figure"),
         "score_uncertainty": "score_std = sample std over seeds (ddof 1); empty with one seed",
+        "chance": chance,
         "best_rank_rule": "highest score_mean per (method, targets); ties -> fewer trainable params",
         "equal_budget": {"trained": equal_budget, "rule": "adapter bottleneck b minimising |P_A(b) - P_L|, "
                          "P = trainable params without classifier, P_L at the LoRA cell's best rank (ties -> smaller b)",

@@ -15,7 +15,9 @@ import math
 import statistics
 from typing import Any
 
-CELL_COLUMNS = ["method", "rank", "targets", "n_seeds", "seeds", "metric", "score_mean", "score_std",
+from peftlab.analysis.dev_chance import chance_caption
+
+CELL_COLUMNS = ["method", "rank", "targets", "n_seeds", "seeds", "metric", "score_mean", "score_std", "vs_chance",
                 "trainable_params", "trainable_params_without_classifier", "pct_of_fft_params",
                 "train_s_mean", "train_s_std", "peak_memory_mb", "peak_memory_kind"]
 RUN_COLUMNS = ["method", "rank", "targets", "seed", "metric", "score", "trainable_params",
@@ -115,12 +117,13 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], batches: list[
              "Train time = `timing.train_s` of final_metrics.json (optimizer steps only: no eval, no saving). "
              f"Peak memory: {', '.join(sorted({str(r['peak_memory_kind']) for r in rows}))}; "
              f"{meta.get('peak_memory_note', '')}.", ""]
-    header = ["method", "rank", "targets", metric, "params (with clf)", "params (no clf)", "% FFT", "train s",
+    header = ["method", "rank", "targets", metric, "vs chance", "params (with clf)", "params (no clf)", "% FFT", "train s",
               "peak MB"] + [f"b{b} ms" for b in batches] + [f"b{b} merged ms" for b in batches] + ["best rank"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         score = _fmt(r["score_mean"]) + (f" ± {_fmt(r['score_std'], 2)}" if r["score_std"] is not None else "")
-        cells = [r["method"], _fmt(r["rank"]), r["targets"] or "—", score, _fmt(r["trainable_params"]),
+        cells = [r["method"], _fmt(r["rank"]), r["targets"] or "—", score, r.get("vs_chance") or "n/a",
+                 _fmt(r["trainable_params"]),
                  _fmt(r["trainable_params_without_classifier"]), _fmt(r["pct_of_fft_params"], 3),
                  _fmt(r["train_s_mean"], 3), _fmt(r["peak_memory_mb"], 4)]
         cells += [_fmt(r.get(f"latency_b{b}_ms"), 3) for b in batches]
@@ -129,6 +132,7 @@ def to_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], batches: list[
                         else "nothing to merge") for b in batches]
         cells.append(_fmt(r["best_rank"]) if r["best_rank"] is not None else "")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += ["", chance_caption(meta.get("chance") or {})]
     best = [r for r in rows if r["best_rank"]]
     if best:
         lines += ["", "## Best rank per targets set", ""]
