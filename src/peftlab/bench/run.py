@@ -5,7 +5,6 @@ figures/."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from pathlib import Path
 from typing import Any
@@ -147,12 +146,12 @@ def run_bench(task: str, methods: list[str], ranks: list[int], target_sets: list
     from peftlab.analysis.dev_chance import chance_verdict, dev_chance
     from peftlab.bench.budget import equal_budget_rows
 
-    chance = dev_chance(dataclasses.asdict(configs[0][1]))  # the same dev rows for every run of the grid
+    cfg0 = configs[0][1]
+    chance = dev_chance(dataclasses.asdict(cfg0))  # every run of the grid is scored on the same dev rows
     for row in rows:
         row["vs_chance"] = chance_verdict(row["score_mean"], chance)
 
     equal = equal_budget_rows(rows, *sites) if sites else []
-    cfg0 = configs[0][1]
     meta: dict[str, Any] = {
         "task": cfg0.task, "name": bench_dir.name, "profile": profile, "model": cfg0.model or "packaged all-MiniLM-L6-v2",
         "seeds": list(dict.fromkeys(seeds)), "methods": list(dict.fromkeys(c.method for c, _ in configs)),
