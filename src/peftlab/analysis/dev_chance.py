@@ -30,8 +30,11 @@ def dev_chance(config: dict[str, Any]) -> dict[str, Any]:
 
     `config` is a run's `run_config.json` "config" block (task, data_dir, max_eval_samples).
     """
+    import torch
+
+    from peftlab.heads.probe import chance_predictor
     from peftlab.tasks import get_task, load_split
-    from peftlab.tasks.metrics import accuracy, f1, matthews_corr
+    from peftlab.tasks.metrics import METRICS
 
     try:
         task = get_task(config["task"])
@@ -45,14 +48,13 @@ def dev_chance(config: dict[str, Any]) -> dict[str, Any]:
     limit = config.get("max_eval_samples")
     if limit:
         labels = labels[: int(limit)]
-    train_labels = [int(y) for y in train.labels]
-    majority = max(sorted(set(train_labels)), key=train_labels.count)  # ties → the smaller class id
-    predictions = [majority] * len(labels)
-    metrics = {"accuracy": accuracy, "f1": f1, "matthews_corr": matthews_corr}
+    # the θ0 probe's constant predictor (heads/probe.py): its argmax is the majority class, ties → smaller id
+    train_labels = torch.tensor([int(y) for y in train.labels])
+    majority = int(chance_predictor(train_labels, task.num_labels, regression=False).argmax())
     metric = task.main_metric
-    if metric not in metrics or not labels:
+    if metric not in METRICS or not labels:
         return {"reason": f"no chance rule for metric '{metric}'"}
-    chance = float(metrics[metric](predictions, labels))
+    chance = float(METRICS[metric]([majority] * len(labels), labels))
     out = {"metric": metric, "constant_prediction": majority, "chance": chance, "n_dev": len(labels),
            "rule": "constant predictor = majority class of the train labels, scored on the evaluated dev rows"}
     if metric == "accuracy":
