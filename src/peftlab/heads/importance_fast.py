@@ -11,6 +11,11 @@ nothing before the o-proj of layer l. So, per batch:
      classifier reads (`ArchSpec.read_position`; q and attention at the read rows where the self-check
      allows it, `layer_replay.READ_ROWS_ATTENTION`) → the model's own head and loss, run on the read
      column of the inputs only.
+The o-proj of the ablated layer is affine, so its output with head h zeroed is o(ctx_l) − ctx_l[h] @ W_o[h]ᵀ:
+o(ctx_l) once per layer and batch, then a rank-d_head correction per head (`_ablate`), instead of a copy of
+ctx_l and a full o-proj per head (paired in process on 64 RTE rows: 0.96× the time). W_o is probed from the
+module (LoRA/PEFT wrappers included) and used only where the module is affine and ablating head 0 through
+it reproduces zeroing its columns (`_checked_o_affine`, on the layer's first batch).
 All modules are the model's own (LoRA/PEFT wrappers included), called on the same inputs, so the
 results equal the naive path up to float summation order (|ΔI| ~ 1e-7 in fp32). Rows, per-example
 losses and their differences d_i are built by `heads/ablation.py`, the same code as the naive path.
@@ -48,6 +53,7 @@ import torch
 import torch.nn as nn
 
 from peftlab.arch import head_shape
+from peftlab.errors import PeftlabError
 from peftlab.heads.ablation import HeadResult, SubsetScore, importance_row, iter_naive_importance, resolve_metric
 from peftlab.heads.batches import (
     MetricFn,
@@ -58,7 +64,7 @@ from peftlab.heads.batches import (
     split_rows,
     to_device,
 )
-from peftlab.heads.layer_replay import BatchRecord, LayerReplay, take_rows
+from peftlab.heads.layer_replay import BatchRecord, LayerReplay, OProjAffine, _close, take_rows
 
 
 # Rows per replay call. The replay is GEMM-bound (profile: addmm ~80 % of self CPU), and smaller calls keep
@@ -66,12 +72,6 @@ from peftlab.heads.layer_replay import BatchRecord, LayerReplay, take_rows
 # is trimmed to its own longest row (subset batches are length-ordered). Measured on MiniLM-L6, 256 RTE dev
 # rows in length order, batch 32, 2 threads, in-process fast sweep: see benchmarks/README.md (issue 12).
 CHUNK_TOKENS = 1024
-
-
-def _close(fast: torch.Tensor, reference: torch.Tensor) -> bool:
-    """Equal up to float rounding: |a - b| ≤ 1000·eps·(1 + |b|), eps of the dtype (fp32: 1.2e-4 relative)."""
-    eps = torch.finfo(reference.dtype).eps
-    return bool(torch.allclose(fast, reference, rtol=1000 * eps, atol=1000 * eps))
 
 
 def _self_check(replay: LayerReplay, record: BatchRecord, from_earlier_layer: bool) -> list[str]:
@@ -101,6 +101,42 @@ def _self_check(replay: LayerReplay, record: BatchRecord, from_earlier_layer: bo
         if not _close(logits, record.logits):
             problems.append(f"restarting at layer {start} does not reproduce the model's logits")
     return problems
+
+
+def _ablate(ctx: torch.Tensor, head: int, d_head: int, o_map: OProjAffine | None,
+            o_full: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(o-proj input, o-proj output or None) of a layer with `head` ablated, for `LayerReplay.forward_from`.
+
+    With the layer's o-proj as an affine map (o_map) and its output on the whole ctx (o_full):
+    o(ctx with head h zeroed) = o_full − ctx[..., h] @ weight_t[h], a rank-d_head correction (1/n_heads of
+    the o-proj's FLOPs) instead of a copy of ctx and a full o-proj per head. Otherwise ctx with the head's
+    d_head columns zeroed.
+    """
+    if o_map is None:
+        n_rows, seq_len = ctx.shape[:2]
+        ablated = ctx.clone()
+        ablated.view(n_rows, seq_len, -1, d_head)[:, :, head] = 0  # [B, T, H·d] as [B, T, H, d]
+        return ablated, None
+    columns = slice(head * d_head, (head + 1) * d_head)
+    o_2d, ctx_2d = o_full.reshape(-1, o_full.shape[-1]), ctx.reshape(-1, ctx.shape[-1])  # [B·T, hidden], [B·T, H·d]
+    o_ablated = torch.addmm(o_2d, ctx_2d[:, columns], o_map.weight_t[columns], alpha=-1)  # [B·T, hidden]
+    return ctx, o_ablated.view(o_full.shape)
+
+
+def _checked_o_affine(replay: LayerReplay, record: BatchRecord, layer: int, x: torch.Tensor,
+                      ctx: torch.Tensor) -> OProjAffine | None:
+    """`replay.o_affine(layer)` if ablating head 0 through it gives the same logits as zeroing its columns."""
+    o_map = replay.o_affine(layer, ctx)
+    if o_map is None:
+        return None
+    d_head = replay.shape.d_head
+    try:
+        o_full = replay.o_module(layer)(ctx)  # [B, T, hidden]
+        reference, _ = replay.forward_from(record, layer, x, *_ablate(ctx, 0, d_head, None, None))
+        corrected, _ = replay.forward_from(record, layer, x, *_ablate(ctx, 0, d_head, o_map, o_full))
+    except PeftlabError:  # the layer's tail never called its o-proj module: keep zeroing columns
+        return None
+    return o_map if _close(corrected, reference) else None
 
 
 def _layer_input_bytes(model: nn.Module, batches: Sequence[dict], n_layers: int) -> int:
@@ -172,6 +208,7 @@ def iter_fast_importance(model: nn.Module, batches: Sequence[dict], metric_fn: M
         with measurement_mode(model), torch.no_grad():
             # 2. Layer by layer: one attention core per batch, then every head of the layer.
             current = [record.layer_inputs[0] for record in records]  # x_l of each batch when inputs are not kept
+            o_maps: dict[int, OProjAffine | None] = {}  # per layer, decided on its first batch
             for layer in range(n_layers):
                 heads = todo[layer]
                 scores = {head: SubsetScore() for head in heads}
@@ -183,11 +220,12 @@ def iter_fast_importance(model: nn.Module, batches: Sequence[dict], metric_fn: M
                     else:
                         x = current[index]
                         current[index], ctx = replay.run_layer(layer, x, call, with_ctx=True)
+                    if heads and layer < n_layers - 1 and layer not in o_maps:
+                        o_maps[layer] = _checked_o_affine(replay, record, layer, x, ctx)
+                    o_map = o_maps.get(layer)
+                    o_full = replay.o_module(layer)(ctx) if o_map is not None else None  # [B, T, hidden]
                     for head in heads:
-                        n_rows, seq_len = ctx.shape[:2]
-                        ablated = ctx.clone()
-                        ablated.view(n_rows, seq_len, n_heads, d_head)[:, :, head] = 0  # [B, T, H·d] as [B, T, H, d]
-                        logits, loss = replay.forward_from(record, layer, x, ablated)
+                        logits, loss = replay.forward_from(record, layer, x, *_ablate(ctx, head, d_head, o_map, o_full))
                         scores[head].add(loss, logits, record.labels)
                         advance(1)
                     if keep_inputs:

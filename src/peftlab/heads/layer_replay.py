@@ -74,6 +74,20 @@ class LayerCall:
 
 
 @dataclass
+class OProjAffine:
+    """A layer's o-proj as an affine map: o(c) = c @ weight_t + bias (see `LayerReplay.o_affine`)."""
+
+    weight_t: torch.Tensor  # [n_heads·d_head, hidden]
+    bias: torch.Tensor  # [hidden]
+
+
+def _close(fast: torch.Tensor, reference: torch.Tensor) -> bool:
+    """Equal up to float rounding: |a - b| ≤ 1000·eps·(1 + |b|), eps of the dtype (fp32: 1.2e-4 relative)."""
+    eps = torch.finfo(reference.dtype).eps
+    return bool(torch.allclose(fast, reference, rtol=1000 * eps, atol=1000 * eps))
+
+
+@dataclass
 class BatchRecord:
     """What one recorded forward pass of a batch keeps."""
 
@@ -147,6 +161,7 @@ class _FixedOutputLayer(nn.Module):
         object.__setattr__(self, "_output", output)
 
     def forward(self, *args, **kwargs):
+        object.__setattr__(self, "n_calls", self.__dict__.get("n_calls", 0) + 1)
         return self._output
 
     def __getattr__(self, name):
@@ -318,14 +333,54 @@ class LayerReplay:
             handle.remove()
         raise PeftlabError(f"layer {layer} never called its o-projection; check the 'o' path in peftlab/arch.py")
 
-    def tail(self, layer: int, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+    def o_affine(self, layer: int, ctx: torch.Tensor) -> OProjAffine | None:
+        """The o-proj of `layer` as `o(c) = c @ weight_t + bias`, read off the module; None when it is not affine.
+
+        Probed, not read from `.weight`, so LoRA / PEFT wrappers (unmerged: W + s·B·A) and GPT-2's Conv1D
+        need no special case: bias = o(0), weight_t = o(I) − o(0) ([n_heads·d_head, hidden]). Accepted only
+        when o is affine on the real o-proj input `ctx` (o(ctx) = ctx @ weight_t + bias) and on large random
+        inputs (o(a + b) + o(0) = o(a) + o(b)), which an activation inside the module would break.
+        """
+        module = self.o_module(layer)
+        d_in = ctx.shape[-1]
+        eye = torch.eye(d_in, dtype=ctx.dtype, device=ctx.device).unsqueeze(0)  # [1, d_in, d_in]
+        zero = torch.zeros(1, 1, d_in, dtype=ctx.dtype, device=ctx.device)
+        try:
+            bias = module(zero)[0, 0]  # [hidden]
+            weight_t = module(eye)[0] - bias  # [d_in, hidden]
+            scale = 10 * float(ctx.abs().max()) + 1
+            generator = torch.Generator(device=ctx.device).manual_seed(0)
+            a, b = (scale * torch.randn(1, 8, d_in, generator=generator, dtype=ctx.dtype, device=ctx.device)
+                    for _ in range(2))
+            affine = (_close(module(ctx), ctx @ weight_t + bias)
+                      and _close(module(a + b) + bias, module(a) + module(b)))
+        except Exception:  # noqa: BLE001 — a module this probe does not fit: keep the plain o-proj
+            return None
+        return OProjAffine(weight_t, bias) if affine else None
+
+    def tail(self, layer: int, x: torch.Tensor, ctx: torch.Tensor, o_output: torch.Tensor | None = None) -> torch.Tensor:
         """Layer output from its input `x` [B, T', hidden] and o-proj input `ctx` [B, T', n_heads·d_head].
 
         post_ln (BERT family): a = attention.output(ctx, x) = LN(W_o·ctx + x); out = output(intermediate(a), a)
         pre_ln (LLaMA, GPT-2): h = x + W_o·ctx;  out = h + mlp(norm(h))
-        Position-wise, so T' may be a subset of positions (the read row only).
+        Position-wise, so T' may be a subset of positions (the read row only). With `o_output` [B, T', hidden]
+        (W_o·ctx computed by the caller) the o-proj module is swapped for a stub returning it.
         """
         module = self.layers[layer]
+        if o_output is None:
+            return self._tail(module, x, ctx)
+        original = get_submodule(module, self.spec.o_path)
+        stub = _FixedOutputLayer(original, o_output)
+        module.set_submodule(self.spec.o_path, stub)
+        try:
+            output = self._tail(module, x, ctx)
+        finally:
+            module.set_submodule(self.spec.o_path, original)
+        if stub.__dict__.get("n_calls") != 1:
+            raise PeftlabError(f"layer {layer}'s tail did not call its o-projection '{self.spec.o_path}' once")
+        return output
+
+    def _tail(self, module: nn.Module, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         first, second, third = (get_submodule(module, path) for path in self.spec.tail_paths)
         if self.spec.tail_kind == "post_ln":
             attention_output = first(ctx, x)
@@ -354,18 +409,19 @@ class LayerReplay:
                 self.layers[layer] = original
         return outputs.logits, outputs.loss
 
-    def forward_from(self, record: BatchRecord, layer: int, x: torch.Tensor,
-                     ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_from(self, record: BatchRecord, layer: int, x: torch.Tensor, ctx: torch.Tensor,
+                     o_output: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, loss) when layer `layer` gets input `x` and o-proj input `ctx` (e.g. with a head zeroed).
 
         Layers after `layer` run in full except the last, of which only the attention core runs on
-        all positions and the tail on the read position alone.
+        all positions and the tail on the read position alone. `o_output`: the o-proj output of `ctx`,
+        when the caller has it (see `tail`; not for the last layer, whose tail runs at the read rows).
         """
         last = self.n_layers - 1
         if layer == last:
             rows = self.tail(last, take_rows(x, record.read), take_rows(ctx, record.read))
             return self.head(record, rows)
-        hidden = self.tail(layer, x, ctx)
+        hidden = self.tail(layer, x, ctx, o_output)
         for later in range(layer + 1, last):
             hidden, _ = self.run_layer(later, hidden, record.calls[later])
         rows = self.tail(last, take_rows(hidden, record.read), self.read_ctx(record, hidden))
