@@ -40,3 +40,16 @@ def test_rows_come_from_bench_csv_and_unfinished_benches_are_named(tmp_path):
                         "251.0 | 240.5 |")
     assert lines[3] == "| main | adapter | 8 | — | 0.250 (1) | AT CHANCE | 78,480 | 0.35 | 200 | 260.0 | not mergeable |"
     assert "missing: no bench.csv (grid not finished): skipped" in done.stderr
+
+
+def test_scores_only_drops_the_time_columns(tmp_path):
+    _bench(tmp_path / "fft", [dict(method="fft", rank="", targets="", n_seeds="1", seeds="1", metric="pearson",
+                                   score_mean="0.385", score_std="", vs_chance="", trainable_params="100",
+                                   trainable_params_without_classifier="90", pct_of_fft_params="100",
+                                   train_s_mean="189", latency_b8_ms="400", latency_b8_merged_ms="",
+                                   merge_note="nothing to merge: no modules added")])
+    lines = subprocess.run([sys.executable, str(SCRIPT), "--scores-only", str(tmp_path), "fft"], capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert lines[0] == ("| bench | method | rank | targets | pearson mean ± std (seeds) | vs chance | "
+                        "trainable params (no classifier) | % of FFT |")
+    assert lines[1] == "|---|---|---|---|---|---|---|---|" and lines[2] == "| fft | fft | — | — | 0.385 (1) |  | 90 | 100.00 |"

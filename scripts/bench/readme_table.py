@@ -1,11 +1,12 @@
 """One markdown table from several `peftlab bench` folders of one task (the README's §5 tables).
 
-    python scripts/bench/readme_table.py outputs/BENCH/AG-News s5_main s5_fft s5_ranks s5_targets
+    python scripts/bench/readme_table.py [--scores-only] outputs/BENCH/AG-News s5_main s5_fft s5_ranks s5_targets
 
 Reads only each folder's bench.csv and bench.json (nothing is recomputed) and prints, per row: bench,
 method, rank, targets, dev metric mean ± sample std (seeds), vs chance, trainable parameters without the
 classifier, % of FFT, train seconds (mean), latency at batch 8 unmerged / merged. A folder without
-bench.csv (its grid did not finish) is named on stderr and skipped.
+bench.csv (its grid did not finish) is named on stderr and skipped. `--scores-only` leaves out the train seconds
+and latencies: for benches that ran beside other jobs, where those columns measure the machine's load, not the method.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def _fmt(value: str, digits: int = 1) -> str:
     return f"{float(value):.{digits}f}" if value not in ("", None) else "—"
 
 
-def rows_of(folder: Path) -> list[str]:
+def rows_of(folder: Path, scores_only: bool = False) -> list[str]:
     with open(folder / "bench.csv", newline="") as handle:
         cells = list(csv.DictReader(handle))
     lines = []
@@ -27,17 +28,18 @@ def rows_of(folder: Path) -> list[str]:
         mean = float(cell["score_mean"])
         spread = f" ± {float(cell['score_std']):.3f}" if cell["score_std"] not in ("", None) else ""
         params = int(cell["trainable_params_without_classifier"])
-        lines.append(" | ".join([
-            folder.name, cell["method"], cell["rank"] or "—", cell["targets"] or "—",
-            f"{mean:.3f}{spread} ({cell['seeds']})", cell["vs_chance"], f"{params:,}",
-            _fmt(cell["pct_of_fft_params"], 2), _fmt(cell["train_s_mean"], 0),
-            _fmt(cell["latency_b8_ms"]), _fmt(cell["latency_b8_merged_ms"]) if cell["latency_b8_merged_ms"] else
-            (cell["merge_note"].split(":")[0] or "—"),
-        ]))
+        values = [folder.name, cell["method"], cell["rank"] or "—", cell["targets"] or "—",
+                  f"{mean:.3f}{spread} ({cell['seeds']})", cell["vs_chance"], f"{params:,}",
+                  _fmt(cell["pct_of_fft_params"], 2)]
+        if not scores_only:
+            values += [_fmt(cell["train_s_mean"], 0), _fmt(cell["latency_b8_ms"]),
+                       _fmt(cell["latency_b8_merged_ms"]) if cell["latency_b8_merged_ms"] else
+                       (cell["merge_note"].split(":")[0] or "—")]
+        lines.append(" | ".join(values))
     return lines
 
 
-def main(root: str, names: list[str]) -> None:
+def main(root: str, names: list[str], scores_only: bool = False) -> None:
     metric = None
     body = []
     for name in names:
@@ -47,14 +49,19 @@ def main(root: str, names: list[str]) -> None:
             continue
         with open(folder / "bench.csv", newline="") as handle:
             metric = metric or next(csv.DictReader(handle), {}).get("metric") or "dev metric"
-        body += [f"| {line} |" for line in rows_of(folder)]
-    print(f"| bench | method | rank | targets | {metric} mean ± std (seeds) | vs chance | trainable params "
-          "(no classifier) | % of FFT | train s | b8 ms | b8 merged ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+        body += [f"| {line} |" for line in rows_of(folder, scores_only)]
+    columns = ["bench", "method", "rank", "targets", f"{metric} mean ± std (seeds)", "vs chance",
+               "trainable params (no classifier)", "% of FFT"] + ([] if scores_only else
+                                                                 ["train s", "b8 ms", "b8 merged ms"])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     print("\n".join(body))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        sys.exit("usage: python scripts/bench/readme_table.py BENCH_TASK_DIR NAME [NAME ...]")
-    main(sys.argv[1], sys.argv[2:])
+    args = sys.argv[1:]
+    scores_only = "--scores-only" in args
+    args = [a for a in args if a != "--scores-only"]
+    if len(args) < 2:
+        sys.exit("usage: python scripts/bench/readme_table.py [--scores-only] BENCH_TASK_DIR NAME [NAME ...]")
+    main(args[0], args[1:], scores_only)
