@@ -64,7 +64,7 @@ from peftlab.heads.batches import (
     split_rows,
     to_device,
 )
-from peftlab.heads.layer_replay import BatchRecord, LayerReplay, OProjAffine, _close, take_rows
+from peftlab.heads.layer_replay import BatchRecord, LayerReplay, OProjAffine, equal_up_to_rounding, take_rows
 
 
 # Rows per replay call. The replay is GEMM-bound (profile: addmm ~80 % of self CPU), and smaller calls keep
@@ -85,11 +85,11 @@ def _self_check(replay: LayerReplay, record: BatchRecord, from_earlier_layer: bo
         # it does not reproduce the real forward's last o-proj input at the read rows, the full last layer runs.
         try:
             rows = replay.read_ctx(record, record.layer_inputs[last], read_rows=True)
-            replay.read_rows = _close(rows, take_rows(record.last_ctx, record.read))
+            replay.read_rows = equal_up_to_rounding(rows, take_rows(record.last_ctx, record.read))
         except Exception:  # noqa: BLE001 — an attention code path this trick does not fit; not an error
             replay.read_rows = False
     logits, _ = replay.forward_from(record, last, record.layer_inputs[last], record.last_ctx)
-    if not _close(logits, record.logits):
+    if not equal_up_to_rounding(logits, record.logits):
         problems.append("restarting at the last layer does not reproduce the model's logits "
                         "(does the classifier read more than one position?)")
     if from_earlier_layer and last > 0:
@@ -98,7 +98,7 @@ def _self_check(replay: LayerReplay, record: BatchRecord, from_earlier_layer: bo
         start = last - 1 if record.layer_inputs[last - 1] is not None else 0
         x = record.layer_inputs[start]
         logits, _ = replay.forward_from(record, start, x, replay.attention_ctx(start, x, record.calls[start]))
-        if not _close(logits, record.logits):
+        if not equal_up_to_rounding(logits, record.logits):
             problems.append(f"restarting at layer {start} does not reproduce the model's logits")
     return problems
 
@@ -136,7 +136,7 @@ def _checked_o_affine(replay: LayerReplay, record: BatchRecord, layer: int, x: t
         corrected, _ = replay.forward_from(record, layer, x, *_ablate(ctx, 0, d_head, o_map, o_full))
     except PeftlabError:  # the layer's tail never called its o-proj module: keep zeroing columns
         return None
-    return o_map if _close(corrected, reference) else None
+    return o_map if equal_up_to_rounding(corrected, reference) else None
 
 
 def _layer_input_bytes(model: nn.Module, batches: Sequence[dict], n_layers: int) -> int:

@@ -81,7 +81,7 @@ class OProjAffine:
     bias: torch.Tensor  # [hidden]
 
 
-def _close(fast: torch.Tensor, reference: torch.Tensor) -> bool:
+def equal_up_to_rounding(fast: torch.Tensor, reference: torch.Tensor) -> bool:
     """Equal up to float rounding: |a - b| ≤ 1000·eps·(1 + |b|), eps of the dtype (fp32: 1.2e-4 relative)."""
     eps = torch.finfo(reference.dtype).eps
     return bool(torch.allclose(fast, reference, rtol=1000 * eps, atol=1000 * eps))
@@ -352,8 +352,8 @@ class LayerReplay:
             generator = torch.Generator(device=ctx.device).manual_seed(0)
             a, b = (scale * torch.randn(1, 8, d_in, generator=generator, dtype=ctx.dtype, device=ctx.device)
                     for _ in range(2))
-            affine = (_close(module(ctx), ctx @ weight_t + bias)
-                      and _close(module(a + b) + bias, module(a) + module(b)))
+            affine = (equal_up_to_rounding(module(ctx), ctx @ weight_t + bias)
+                      and equal_up_to_rounding(module(a + b) + bias, module(a) + module(b)))
         except Exception:  # noqa: BLE001 — a module this probe does not fit: keep the plain o-proj
             return None
         return OProjAffine(weight_t, bias) if affine else None
