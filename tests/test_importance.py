@@ -131,8 +131,8 @@ def _o_correction_layers(monkeypatch):
     decided = {}
     real = fast_module._checked_o_affine
 
-    def spy(replay, record, layer, x, ctx):
-        o_map = real(replay, record, layer, x, ctx)
+    def spy(replay, record, layer, x, ctx, o_full):
+        o_map = real(replay, record, layer, x, ctx, o_full)
         decided[layer] = o_map is not None
         return o_map
 

@@ -124,14 +124,16 @@ def _ablate(ctx: torch.Tensor, head: int, d_head: int, o_map: OProjAffine | None
 
 
 def _checked_o_affine(replay: LayerReplay, record: BatchRecord, layer: int, x: torch.Tensor,
-                      ctx: torch.Tensor) -> OProjAffine | None:
-    """`replay.o_affine(layer)` if ablating head 0 through it gives the same logits as zeroing its columns."""
-    o_map = replay.o_affine(layer, ctx)
+                      ctx: torch.Tensor, o_full: torch.Tensor) -> OProjAffine | None:
+    """`replay.o_affine(layer)` if ablating head 0 through it gives the same logits as zeroing its columns.
+
+    `o_full` [B, T, hidden]: the o-proj module's output on `ctx`.
+    """
+    o_map = replay.o_affine(layer, ctx, o_full)
     if o_map is None:
         return None
     d_head = replay.shape.d_head
     try:
-        o_full = replay.o_module(layer)(ctx)  # [B, T, hidden]
         reference, _ = replay.forward_from(record, layer, x, *_ablate(ctx, 0, d_head, None, None))
         corrected, _ = replay.forward_from(record, layer, x, *_ablate(ctx, 0, d_head, o_map, o_full))
     except PeftlabError:  # the layer's tail never called its o-proj module: keep zeroing columns
@@ -220,10 +222,13 @@ def iter_fast_importance(model: nn.Module, batches: Sequence[dict], metric_fn: M
                     else:
                         x = current[index]
                         current[index], ctx = replay.run_layer(layer, x, call, with_ctx=True)
-                    if heads and layer < n_layers - 1 and layer not in o_maps:
-                        o_maps[layer] = _checked_o_affine(replay, record, layer, x, ctx)
+                    # The o-proj correction: decided on the layer's first batch, then used on every batch.
+                    o_full = None
+                    if heads and layer < n_layers - 1 and o_maps.get(layer, True) is not None:
+                        o_full = replay.o_module(layer)(ctx)  # [B, T, hidden]
+                        if layer not in o_maps:
+                            o_maps[layer] = _checked_o_affine(replay, record, layer, x, ctx, o_full)
                     o_map = o_maps.get(layer)
-                    o_full = replay.o_module(layer)(ctx) if o_map is not None else None  # [B, T, hidden]
                     for head in heads:
                         logits, loss = replay.forward_from(record, layer, x, *_ablate(ctx, head, d_head, o_map, o_full))
                         scores[head].add(loss, logits, record.labels)

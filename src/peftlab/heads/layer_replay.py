@@ -159,9 +159,10 @@ class _FixedOutputLayer(nn.Module):
         super().__init__()
         object.__setattr__(self, "_original", original)  # not registered: it is not our child module
         object.__setattr__(self, "_output", output)
+        self.n_calls = 0  # how often it stood in (`LayerReplay.tail` checks its o-proj stub ran once)
 
     def forward(self, *args, **kwargs):
-        object.__setattr__(self, "n_calls", self.__dict__.get("n_calls", 0) + 1)
+        self.n_calls += 1
         return self._output
 
     def __getattr__(self, name):
@@ -333,13 +334,13 @@ class LayerReplay:
             handle.remove()
         raise PeftlabError(f"layer {layer} never called its o-projection; check the 'o' path in peftlab/arch.py")
 
-    def o_affine(self, layer: int, ctx: torch.Tensor) -> OProjAffine | None:
+    def o_affine(self, layer: int, ctx: torch.Tensor, o_ctx: torch.Tensor) -> OProjAffine | None:
         """The o-proj of `layer` as `o(c) = c @ weight_t + bias`, read off the module; None when it is not affine.
 
         Probed, not read from `.weight`, so LoRA / PEFT wrappers (unmerged: W + s·B·A) and GPT-2's Conv1D
         need no special case: bias = o(0), weight_t = o(I) − o(0) ([n_heads·d_head, hidden]). Accepted only
-        when o is affine on the real o-proj input `ctx` (o(ctx) = ctx @ weight_t + bias) and on large random
-        inputs (o(a + b) + o(0) = o(a) + o(b)), which an activation inside the module would break.
+        when o is affine on the real o-proj input `ctx` (its output `o_ctx` = ctx @ weight_t + bias) and on
+        large random inputs (o(a + b) + o(0) = o(a) + o(b)), which an activation inside the module would break.
         """
         module = self.o_module(layer)
         d_in = ctx.shape[-1]
@@ -352,7 +353,7 @@ class LayerReplay:
             generator = torch.Generator(device=ctx.device).manual_seed(0)
             a, b = (scale * torch.randn(1, 8, d_in, generator=generator, dtype=ctx.dtype, device=ctx.device)
                     for _ in range(2))
-            affine = (equal_up_to_rounding(module(ctx), ctx @ weight_t + bias)
+            affine = (equal_up_to_rounding(o_ctx, ctx @ weight_t + bias)
                       and equal_up_to_rounding(module(a + b) + bias, module(a) + module(b)))
         except Exception:  # noqa: BLE001 — a module this probe does not fit: keep the plain o-proj
             return None
@@ -376,7 +377,7 @@ class LayerReplay:
             output = self._tail(module, x, ctx)
         finally:
             module.set_submodule(self.spec.o_path, original)
-        if stub.__dict__.get("n_calls") != 1:
+        if stub.n_calls != 1:
             raise PeftlabError(f"layer {layer}'s tail did not call its o-projection '{self.spec.o_path}' once")
         return output
 
