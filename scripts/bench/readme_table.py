@@ -59,9 +59,11 @@ def main(root: str, names: list[str], scores_only: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    scores_only = "--scores-only" in args
-    args = [a for a in args if a != "--scores-only"]
-    if len(args) < 2:
-        sys.exit("usage: python scripts/bench/readme_table.py [--scores-only] BENCH_TASK_DIR NAME [NAME ...]")
-    main(args[0], args[1:], scores_only)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="the task's bench folder, e.g. outputs/BENCH/AG-News")
+    parser.add_argument("names", nargs="+", help="bench names (folders under root)")
+    parser.add_argument("--scores-only", action="store_true", help="leave out train seconds and latencies")
+    args = parser.parse_args()
+    main(args.root, args.names, args.scores_only)
