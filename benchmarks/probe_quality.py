@@ -1,6 +1,6 @@
 """θ0 probe quality on real data: held-out score next to chance, per task, with the packaged MiniLM-L6.
 
-    PEFTLAB_DATA=../shared/data python benchmarks/probe_quality.py --tasks rte sst2 mrpc
+    PEFTLAB_DATA=../shared/data python benchmarks/probe_quality.py --tasks rte sst2 mrpc [--pooling cls mean]
 
 For each task this builds what `peftlab measure` builds for a run (eval subset from the dev split,
 seed 999; probe rows = train split minus that subset, train/select/held-out as in heads/probe.py;
@@ -24,6 +24,8 @@ def main() -> None:
     parser.add_argument("--subset-size", type=int, default=256, help="eval subset rows (excluded from the probe)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the classifier init (a run's --seed)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--pooling", nargs="+", default=["cls"], choices=["cls", "mean"],
+                        help="what the classifier reads (peftlab.pooling); several = one line each")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = parser.parse_args()
 
@@ -37,14 +39,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(None)
-    for name in args.tasks:
+    for name, pooling in [(task, pooling) for task in args.tasks for pooling in args.pooling]:
         spec = get_task(name)
         subset = make_subset(spec.name, size=args.subset_size)
         train = load_split(spec, "train")
         splits = probe_splits(len(train.labels), subset)
         max_len = MAX_LEN.get(spec.name, 128)
         torch.manual_seed(args.seed)
-        model = load_model(None, spec.num_labels).eval()
+        model = load_model(None, spec.num_labels, pooling=pooling).eval()
         started = time.perf_counter()
         parts = []
         for part in ("train", "select", "heldout"):
@@ -65,7 +67,7 @@ def main() -> None:
         heldout_metric = "n/a" if info["heldout_metric"] is None else f"{info['heldout_metric']:.3f}"
         ci = (f" (gain 95% CI {margin['metric_gain_ci_low']:+.3f} .. {margin['metric_gain_ci_high']:+.3f})"
               if "metric_gain_ci_low" in margin else "")
-        print(f"{spec.name}: max_len {max_len}, rows train/select/held-out {info['n_train']}/{info['n_select']}/"
+        print(f"{spec.name} pooling={pooling}: max_len {max_len}, rows train/select/held-out {info['n_train']}/{info['n_select']}/"
               f"{info['n_heldout']}; held-out {info['metric_name']} {heldout_metric} vs chance {chance_metric}{ci}; "
               f"held-out loss {info['heldout_loss']:.4f} vs chance {info['chance_loss']:.4f}; "
               f"better than chance: {info['better_than_chance']}; chosen {info['selection']['chosen']}; "

@@ -66,6 +66,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs); tests, smoke runs
     # model and data
     model: str | None = None  # None = the packaged all-MiniLM-L6-v2
+    # what the classifier reads: "cls" (the model's own [CLS] path, plain HF) or "mean" (masked token mean into
+    # the model's pooler; BERT family only): see peftlab.pooling, which records it in the saved config.json
+    pooling: str = "cls"
     data_dir: str | None = None  # None = $PEFTLAB_DATA, else ./data
     out: str = "outputs"
     max_train_samples: int | None = None  # first N training rows (file order)
@@ -294,6 +297,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise bad(f"warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
     if cfg.max_grad_norm < 0:
         raise bad(f"max_grad_norm must be >= 0 (0 disables clipping), got {cfg.max_grad_norm}")
+    from peftlab.pooling import POOLINGS
+
+    if cfg.pooling not in POOLINGS:
+        raise bad(f"unknown pooling '{cfg.pooling}'; choose from {', '.join(POOLINGS)}")
     if cfg.lr_scheduler not in LR_SCHEDULERS:
         raise bad(f"unknown lr_scheduler '{cfg.lr_scheduler}'; choose from {', '.join(LR_SCHEDULERS)}")
     if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):

@@ -110,8 +110,12 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_model(name_or_path: str | None, num_labels: int, problem_type: str | None = None, pad_token_id=None):
+def load_model(name_or_path: str | None, num_labels: int, problem_type: str | None = None, pad_token_id=None,
+               pooling: str | None = None):
     """`AutoModelForSequenceClassification` with `num_labels` outputs (1 = regression), in fp32.
+
+    `pooling` ("cls" | "mean", `peftlab.pooling`): None = what the checkpoint's config.json records
+    (a peftlab ckpt_init/ckpt_final), else plain HF ("cls").
 
     A freshly initialised classifier is expected (the checkpoint usually has none), so the
     "newly initialized" warning from transformers is silenced; seeding is the caller's job.
@@ -135,6 +139,9 @@ def load_model(name_or_path: str | None, num_labels: int, problem_type: str | No
     from peftlab.arch import get_arch
 
     get_arch(model.config)  # an unknown or refused architecture fails here, before any run files exist
+    from peftlab.pooling import apply_pooling
+
+    apply_pooling(model, pooling)
     if pad_token_id is not None and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = pad_token_id
     return model

@@ -95,7 +95,7 @@ class BatchRecord:
     calls: list[LayerCall]
     layer_inputs: list[torch.Tensor | None]  # [B, T, hidden] entering each layer (None when not kept)
     last_ctx: torch.Tensor  # [B, T, n_heads·d_head] o-proj input of the last layer
-    read: torch.Tensor  # [B] position the classifier reads in each row
+    read: torch.Tensor | None  # [B] position the classifier reads in each row; None = every position (pooling=mean)
     logits: torch.Tensor
     loss: torch.Tensor
     problems: list[str] = field(default_factory=list)
@@ -173,12 +173,17 @@ class _FixedOutputLayer(nn.Module):
             return getattr(object.__getattribute__(self, "_original"), name)
 
 
-def read_positions(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """[B] position whose final hidden state the classifier reads.
+def read_positions(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor | None:
+    """[B] position whose final hidden state the classifier reads; None when it reads every position.
 
     "first": 0 ([CLS]). "last": the rightmost token that is not `pad_token_id`, the rule of HF's
-    decoder sequence classifiers; the last position when the model has no pad token.
+    decoder sequence classifiers; the last position when the model has no pad token. A model with
+    pooling=mean (peftlab.pooling) reads the masked mean of all positions: None.
     """
+    from peftlab.pooling import pooling_of
+
+    if pooling_of(model) == "mean":
+        return None
     n_rows, seq_len = input_ids.shape
     if get_arch(model).read_position == "first":
         return torch.zeros(n_rows, dtype=torch.long, device=input_ids.device)
@@ -190,13 +195,18 @@ def read_positions(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return (positions * (input_ids != pad_id)).argmax(-1)
 
 
-def take_rows(values: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
-    """values[b, read[b]] for every row b: [B, T, ...] -> [B, 1, ...]."""
+def take_rows(values: torch.Tensor, read: torch.Tensor | None) -> torch.Tensor:
+    """values[b, read[b]] for every row b: [B, T, ...] -> [B, 1, ...]; `read` None (every position): `values`."""
+    if read is None:
+        return values
     return values[torch.arange(values.shape[0], device=values.device), read].unsqueeze(1)
 
 
-def read_column(inputs: dict, read: torch.Tensor) -> dict:
-    """`inputs` with every [B, T] tensor (ids, masks, token types, positions) cut to [B, 1] at `read`."""
+def read_column(inputs: dict, read: torch.Tensor | None) -> dict:
+    """`inputs` with every [B, T] tensor (ids, masks, token types, positions) cut to [B, 1] at `read`
+    (`read` None: every position is read, `inputs` as they are)."""
+    if read is None:
+        return inputs
     n_rows, seq_len = inputs["input_ids"].shape
     return {key: take_rows(value, read) if isinstance(value, torch.Tensor) and value.shape[:2] == (n_rows, seq_len)
             and key != "labels" else value for key, value in inputs.items()}
@@ -216,7 +226,10 @@ class LayerReplay:
             self.unsupported = f"ArchSpec '{self.spec.family}' has no layer tail (tail_kind/tail_paths)"
         # Last layer at the read rows only (see READ_ROWS_ATTENTION): switched off by `importance_fast`
         # when its self-check does not reproduce the full last layer.
-        self.read_rows = self._read_rows_attention_module() is not None
+        # A model that reads every position (pooling=mean) needs the whole last layer.
+        from peftlab.pooling import pooling_of
+
+        self.read_rows = pooling_of(model) != "mean" and self._read_rows_attention_module() is not None
 
     def _read_rows_attention_module(self) -> nn.Module | None:
         """The last layer's attention module (parent of q) when its attention can run on the read rows alone.

@@ -55,6 +55,9 @@ class FullFineTuning(Method):
         except (OSError, ValueError) as err:
             raise PeftlabError(f"could not load the fine-tuned model in {out_dir} ({str(err).splitlines()[0]}); "
                                f"re-run training to rewrite ckpt_final") from None
+        from peftlab.pooling import apply_pooling
+
+        apply_pooling(model)  # the pooling recorded in its config.json (peftlab.pooling)
         return model.to(base_model.device).eval()
 
     def delta_weights(self, model_final: nn.Module, model_init: nn.Module) -> dict[str, torch.Tensor]:

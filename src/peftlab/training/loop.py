@@ -258,7 +258,8 @@ def theta0(run: Run) -> None:
     cfg, spec, run_dir, tokenizer = run.cfg, run.spec, run.run_dir, run.tokenizer
     transformers.set_seed(cfg.seed)  # BEFORE loading, so the classifier init is a function of the seed
     problem_type = "regression" if spec.is_regression else "single_label_classification"
-    model = load_model(cfg.model, spec.num_labels, problem_type=problem_type, pad_token_id=tokenizer.pad_token_id)
+    model = load_model(cfg.model, spec.num_labels, problem_type=problem_type, pad_token_id=tokenizer.pad_token_id,
+                       pooling=cfg.pooling)
     run.keep_keys = model_input_keys(model)  # of the HF model, before a PEFT wrapper hides its signature
 
     def save_init(tmp: Path) -> None:
