@@ -157,3 +157,20 @@ def test_a_mean_pooled_run_records_it_and_loads_back_mean_pooled(method, tmp_pat
         assert pooling_of(model) == "mean", which
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         assert getattr(base, "_peftlab_mean_pooling", None) is not None, which
+
+
+def test_a_finished_run_is_not_reused_for_another_pooling_and_old_runs_count_as_cls(tmp_path, tiny_dir, data_dir):
+    from peftlab.config import load_config
+    from peftlab.errors import PeftlabError
+    from peftlab.io import atomic_write_json, read_json
+    from peftlab.train import train_run
+
+    args = [f"model={tiny_dir}", f"data_dir={data_dir}", f"out={tmp_path}", "task=rte", "method=fft", "max_steps=1",
+            "batch_size=4", "max_train_samples=4", "max_eval_samples=4", "max_len=16"]
+    run_dir = train_run(load_config(None, args))
+    with pytest.raises(PeftlabError, match="pooling"):
+        train_run(load_config(None, [*args, "pooling=mean"]))
+    info = read_json(run_dir / "run_config.json")  # a run written before the key existed
+    del info["config"]["pooling"]
+    atomic_write_json(run_dir / "run_config.json", info)
+    assert train_run(load_config(None, args)) == run_dir  # reused, not refused

@@ -521,7 +521,9 @@ def _step_of(checkpoint: Path) -> int:
 # Config keys that change what any method trains (the method's own keys are added in `finished_run_diff`).
 _TRAINING_KEYS = ("task", "method", "seed", "epochs", "lr", "batch_size", "max_len", "weight_decay", "warmup_ratio",
                   "grad_accum", "max_grad_norm", "lr_scheduler", "max_steps", "model", "max_train_samples",
-                  "max_eval_samples", "group_by_length")
+                  "max_eval_samples", "group_by_length", "pooling")
+# Keys added after runs were written: a run_config without one had the value given here.
+_KEY_DEFAULTS_OF_OLD_RUNS = {"pooling": "cls"}
 
 
 _ADALORA_KEYS = {"alpha", "dropout", "targets", "init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2",
@@ -547,7 +549,7 @@ def finished_run_diff(run_dir: Path, cfg: TrainConfig, method) -> list[str]:
         keys |= _ADALORA_KEYS
 
     def pick(config: dict) -> dict:
-        out = {k: config.get(k) for k in keys}
+        out = {k: config.get(k, _KEY_DEFAULTS_OF_OLD_RUNS.get(k)) for k in keys}
         if isinstance(out.get("targets"), list):  # a set of matrices: typing order does not change the run
             out["targets"] = sorted(out["targets"])
         return out
@@ -556,6 +558,8 @@ def finished_run_diff(run_dir: Path, cfg: TrainConfig, method) -> list[str]:
 
 
 def _config_diff(old: dict, new: dict) -> list[str]:
+    old = {**_KEY_DEFAULTS_OF_OLD_RUNS, **old}
+    new = {**_KEY_DEFAULTS_OF_OLD_RUNS, **new}
     keys = sorted((set(old) | set(new)) - _RESUME_IGNORED)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
