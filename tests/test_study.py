@@ -61,6 +61,7 @@ def test_study_writes_every_stage_and_a_self_contained_report(study):
     assert not re.search(r'(src|href)="(http|file:|/)', html)
     for needle in ("Across seeds", "Across LoRA ranks", "Comparison"):
         assert needle in html
+    assert re.search(r"<th>pooling</th>", html) and re.search(r"<td>cls</td>", html)  # what the classifier read
 
 
 def test_rerunning_the_study_skips_finished_stages(study):

@@ -313,7 +313,9 @@ def _run_sections(runs: list[tuple[Path, dict, dict]]) -> list[Section]:
         configs.append({"run": name, "task": run["task"], "method": run["method"],
                         "rank": run["rank"], "alpha": cfg.get("alpha") if run["rank"] else None,
                         "lr": cfg.get("lr"), "epochs": cfg.get("epochs"), "max_steps": cfg.get("max_steps"),
-                        "batch_size": cfg.get("batch_size"), "model": run["model"], "dir": str(run_dir)})
+                        "batch_size": cfg.get("batch_size"), "model": run["model"],
+                        # what the classifier reads (peftlab.pooling); a run_config without the key is [CLS]
+                        "pooling": cfg.get("pooling") or "cls", "dir": str(run_dir)})
         final = read_json(run_dir / "final_metrics.json") if (run_dir / "final_metrics.json").is_file() else {}
         scores.append({"run": name, "metric": final.get("main_metric"),
                        "dev score": final.get("score"), "train s": (final.get("timing") or {}).get("train_s"),
