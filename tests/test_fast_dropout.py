@@ -100,7 +100,7 @@ def test_fast_dropout_module_keeps_p_and_falls_back_off_cpu_or_in_eval():
     assert drop.p == 0.2 and "p=0.2" in repr(drop)
     x = torch.randn(4, 8)
     assert torch.equal(drop.eval()(x), x)
-    assert drop.train().drop(x)[1] == pytest.approx(1 / 0.8)
+    assert drop.train().drop(x)[1] == 1 / (1 - fd.effective_p(0.2)) == pytest.approx(1 / 0.8, rel=1e-5)
 
 
 def test_saved_checkpoint_stays_plain_hf(tmp_path):
@@ -112,3 +112,26 @@ def test_saved_checkpoint_stays_plain_hf(tmp_path):
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert loaded.config._attn_implementation != ATTENTION_NAME
     assert any(type(m) is torch.nn.Dropout for m in loaded.modules())
+
+
+@pytest.mark.parametrize("p, bits", [(0.1, 16), (0.05, 16), (0.5, 16), (0.001, 32), (0.3, 16)])
+def test_drop_mask_lane_width_keeps_p_within_a_tenth_of_a_percent(p, bits):
+    """16-bit lanes (4 per random word) only where p survives rounding to 2⁻¹⁶; the drop rate is p_eff."""
+    assert fd.lane_bits(p) == bits
+    p_eff = fd.effective_p(p)
+    assert abs(p_eff - p) <= 1e-3 * p and p_eff == round(p * 2**bits) / 2**bits
+    n = 4_000_001  # odd: the last random word is only partly used
+    torch.manual_seed(0)
+    drop, scale = fd.drop_mask(torch.Size([n]), p, torch.device("cpu"))
+    assert drop.shape == (n,) and drop.dtype == torch.bool and scale == 1 / (1 - p_eff)
+    se = (p_eff * (1 - p_eff) / n) ** 0.5
+    assert abs(drop.float().mean().item() - p_eff) < 5 * se  # binomial: within 5 SE of p_eff
+    # neighbouring lanes of one word are independent: P(both dropped) = p²
+    pairs = drop[: n - 1 : 2] & drop[1::2]
+    assert abs(pairs.float().mean().item() - p_eff**2) < 5 * (p_eff**2 / (n // 2)) ** 0.5 + 1e-6
+
+
+def test_drop_mask_p_zero_and_one_are_exact():
+    assert not fd.drop_mask(torch.Size([1000]), 0.0, torch.device("cpu"))[0].any()
+    drop, _ = fd.drop_mask(torch.Size([1000]), 1.0 - 2**-16, torch.device("cpu"))
+    assert drop.float().mean().item() > 0.99
