@@ -69,6 +69,8 @@ def test_bad_types_are_one_line_errors(override, needle):
     ("batch_size=0", "batch_size must be >= 1"),
     ("warmup_ratio=1.5", "warmup_ratio"),
     ("lr_scheduler=exp", "unknown lr_scheduler"),
+    ("regression_bias=median", "unknown regression_bias 'median'; choose from mean, zero"),
+    ("pooling=max", "unknown pooling 'max'"),
     ("method=qlora", "unknown method"),
     ("task=imagenet", "imagenet"),
     ("targets=q,attn", "unknown target"),

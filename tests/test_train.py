@@ -284,6 +284,37 @@ def test_regression_task_stsb(tmp_path, tiny_dir, data_dir):
     assert model.config.num_labels == 1 and model.config.problem_type == "regression"
 
 
+def test_regression_head_starts_at_the_training_label_mean(tmp_path, tiny_dir, data_dir):
+    """θ0 (ckpt_init) predicts the mean of the rows trained on, and run_config says so; `zero` keeps HF's 0."""
+    from peftlab.tasks import load_split
+
+    labels = load_split("stsb", "train", data_dir).labels[:24]  # SMALL trains on the first 24 rows
+    common = [f"model={tiny_dir}", f"data_dir={data_dir}", "task=stsb", "method=lora", "rank=2", "targets=q",
+              *SMALL, "max_steps=1", "eval_each_epoch=false"]
+    run = train_run(load_config(None, [*common, f"out={tmp_path / 'mean'}"]))
+    init = load_file(run / "ckpt_init" / "model.safetensors")
+    expected = sum(labels) / len(labels)
+    assert init["classifier.bias"].item() == pytest.approx(expected, abs=1e-6)
+    record = read_json(run / "run_config.json")["regression_bias"]
+    assert record["rule"] == "mean" and record["module"] == "classifier"
+    assert record["value"] == pytest.approx(expected, abs=1e-12)
+
+    zero = train_run(load_config(None, [*common, f"out={tmp_path / 'zero'}", "regression_bias=zero"]))
+    assert load_file(zero / "ckpt_init" / "model.safetensors")["classifier.bias"].item() == 0.0
+    assert read_json(zero / "run_config.json")["regression_bias"]["value"] is None
+
+
+def test_regression_bias_is_not_a_difference_on_classification_runs():
+    """A classification run written before the key existed is still reused/resumed; a regression one is not."""
+    from peftlab.training.loop import _config_diff
+
+    old_rte = {"task": "RTE", "lr": 1e-4}  # no regression_bias key: written before it existed
+    assert _config_diff(old_rte, {"task": "RTE", "lr": 1e-4, "regression_bias": "mean"}) == []
+    old_stsb = {"task": "STS-B", "lr": 1e-4}
+    assert _config_diff(old_stsb, {"task": "STS-B", "lr": 1e-4, "regression_bias": "mean"}) == [
+        "regression_bias: 'zero' -> 'mean'"]
+
+
 def test_unwritable_out_fails_before_any_work(tmp_path, make_cfg):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

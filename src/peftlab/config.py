@@ -69,6 +69,9 @@ class TrainConfig:
     # what the classifier reads: "cls" (the model's own [CLS] path, plain HF) or "mean" (masked token mean into
     # the model's pooler; BERT family only): see peftlab.pooling, which records it in the saved config.json
     pooling: str = "cls"
+    # regression tasks: start the output bias at the training-label mean ("mean") or HF's 0 ("zero");
+    # see peftlab.training.head_init (a LoRA run on STS-B otherwise spends its steps moving the offset)
+    regression_bias: str = "mean"
     data_dir: str | None = None  # None = $PEFTLAB_DATA, else ./data
     out: str = "outputs"
     max_train_samples: int | None = None  # first N training rows (file order)
@@ -301,6 +304,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
     if cfg.pooling not in POOLINGS:
         raise bad(f"unknown pooling '{cfg.pooling}'; choose from {', '.join(POOLINGS)}")
+    from peftlab.training.head_init import REGRESSION_BIASES
+
+    if cfg.regression_bias not in REGRESSION_BIASES:
+        raise bad(f"unknown regression_bias '{cfg.regression_bias}'; choose from {', '.join(REGRESSION_BIASES)}")
     if cfg.lr_scheduler not in LR_SCHEDULERS:
         raise bad(f"unknown lr_scheduler '{cfg.lr_scheduler}'; choose from {', '.join(LR_SCHEDULERS)}")
     if not (cfg.device in ("auto", "cpu", "cuda", "mps") or cfg.device.startswith("cuda:")):

@@ -261,6 +261,11 @@ def theta0(run: Run) -> None:
     model = load_model(cfg.model, spec.num_labels, problem_type=problem_type, pad_token_id=tokenizer.pad_token_id,
                        pooling=cfg.pooling)
     run.keep_keys = model_input_keys(model)  # of the HF model, before a PEFT wrapper hides its signature
+    regression_bias = None
+    if spec.is_regression:  # before ckpt_init is saved: θ0, the probe and every pre measurement see this head
+        from peftlab.training.head_init import init_regression_bias
+
+        regression_bias = init_regression_bias(model, run.train_data.labels, cfg.regression_bias)
 
     def save_init(tmp: Path) -> None:
         model.save_pretrained(tmp)
@@ -299,6 +304,8 @@ def theta0(run: Run) -> None:
         "effective_batch_size": cfg.batch_size * cfg.grad_accum * world,
         # {"dropouts": n nn.Dropout swapped for FastDropout, "attention": implementation} or None (plain HF masks)
         "fast_dropout": fast_dropout,
+        # regression only: {"rule", "module", "value"} of the output bias at θ0 (training/head_init.py)
+        "regression_bias": regression_bias,
     }
     if main:
         atomic_write_json(run_dir / RUN_CONFIG, provenance)
@@ -521,9 +528,9 @@ def _step_of(checkpoint: Path) -> int:
 # Config keys that change what any method trains (the method's own keys are added in `finished_run_diff`).
 _TRAINING_KEYS = ("task", "method", "seed", "epochs", "lr", "batch_size", "max_len", "weight_decay", "warmup_ratio",
                   "grad_accum", "max_grad_norm", "lr_scheduler", "max_steps", "model", "max_train_samples",
-                  "max_eval_samples", "group_by_length", "pooling")
+                  "max_eval_samples", "group_by_length", "pooling", "regression_bias")
 # Keys added after runs were written: a run_config without one had the value given here.
-_KEY_DEFAULTS_OF_OLD_RUNS = {"pooling": "cls"}
+_KEY_DEFAULTS_OF_OLD_RUNS = {"pooling": "cls", "regression_bias": "zero"}
 
 
 _ADALORA_KEYS = {"alpha", "dropout", "targets", "init_r", "target_r", "tinit", "tfinal", "deltaT", "beta1", "beta2",
@@ -557,10 +564,22 @@ def finished_run_diff(run_dir: Path, cfg: TrainConfig, method) -> list[str]:
     return _config_diff(pick(old), pick(new))
 
 
+def _keys_without_effect(config: dict) -> set[str]:
+    """Keys that cannot change this run's numbers: `regression_bias` on a classification task."""
+    from peftlab.tasks import get_task
+
+    try:
+        regression = get_task(str(config.get("task"))).is_regression
+    except PeftlabError:  # an unknown or custom task name: compare everything
+        return set()
+    return set() if regression else {"regression_bias"}
+
+
 def _config_diff(old: dict, new: dict) -> list[str]:
     old = {**_KEY_DEFAULTS_OF_OLD_RUNS, **old}
     new = {**_KEY_DEFAULTS_OF_OLD_RUNS, **new}
-    keys = sorted((set(old) | set(new)) - _RESUME_IGNORED)
+    ignored = _RESUME_IGNORED | (_keys_without_effect(old) & _keys_without_effect(new))
+    keys = sorted((set(old) | set(new)) - ignored)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
