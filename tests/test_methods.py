@@ -18,7 +18,6 @@ from peftlab.methods.lora import (
     FastDropout,
     LoraLinear,
     SharedInputGroup,
-    keep_mask,
     lora_modules,
     merge_lora,
     unmerge_lora,
@@ -215,17 +214,13 @@ def test_dropout_only_on_lora_branch_and_skipped_at_zero():
     torch.testing.assert_close(q(x), q.base_layer(x), atol=0, rtol=0)  # ...and only on the LoRA branch
 
 
-def test_fast_dropout_is_inverted_bernoulli_with_exact_mask_gradient():
-    p, n = 0.05, 2_000_000
-    keep, scale = keep_mask(torch.Size([n]), p, torch.device("cpu"))
-    p_eff = effective_p(p)
-    assert abs(p_eff - p) <= 1e-3 * p
-    assert keep.dtype == torch.bool and scale == pytest.approx(1 / (1 - p_eff), rel=1e-12)
-    se = (p * (1 - p) / n) ** 0.5
-    assert abs((1 - keep.float().mean().item()) - p) < 5 * se  # binomial: |drop rate - p| < 5 SE
+def test_fast_dropout_scales_kept_values_and_their_gradient_exactly():
+    """The drop rate itself is tested in test_fast_dropout.py; here: the module's forward and backward."""
+    p = 0.05
     drop = FastDropout(p).train()
     x = (torch.rand(64, 1000) + 0.5).requires_grad_(True)  # no zeros: a zero output means dropped
     out = drop(x)
+    scale = 1 / (1 - effective_p(p))
     kept = out != 0
     torch.testing.assert_close(out[kept], x[kept] * scale, atol=0, rtol=0)  # kept values scaled by 1/(1-p)
     out.backward(torch.ones_like(out))

@@ -43,18 +43,26 @@ _LANE_DTYPES = (torch.int16, torch.int32)
 _MAX_RELATIVE_P_ERROR = 1e-3
 
 
-def lane_bits(p: float) -> int:
-    """Width of the uniform integer lane one mask element is drawn from: 16 if it represents p well, else 32."""
+def _lane_grid(p: float) -> tuple[int, int]:
+    """(lane width b, drop levels k): an element drops when its uniform b-bit lane is among the lowest k = round(p·2ᵇ).
+
+    b = 16 when k / 2¹⁶ is within 0.1 % of p, else b = 32 (the one place the rounding rule lives).
+    """
     levels = round(p * 2**16)
     if p > 0 and abs(levels / 2**16 - p) <= _MAX_RELATIVE_P_ERROR * p:
-        return 16
-    return 32
+        return 16, levels
+    return 32, round(p * 2**32)
+
+
+def lane_bits(p: float) -> int:
+    """Width of the uniform integer lane one mask element is drawn from: 16 if it represents p well, else 32."""
+    return _lane_grid(p)[0]
 
 
 def effective_p(p: float) -> float:
     """The drop probability `drop_mask` really uses: p rounded to the lane's 2⁻ᵇⁱᵗˢ grid."""
-    bits = lane_bits(p)
-    return round(p * 2**bits) / 2**bits
+    bits, drop_levels = _lane_grid(p)
+    return drop_levels / 2**bits
 
 
 def drop_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
@@ -64,21 +72,14 @@ def drop_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.
     round(p·2ᵇ) of the 2ᵇ values. Draws from the global generator of `device` (seeded by the Trainer
     like every other dropout).
     """
-    bits = lane_bits(p)
+    bits, drop_levels = _lane_grid(p)  # signed lanes below -2**(bits-1) + drop_levels are dropped
     lane_dtype = _LANE_DTYPES[bits == 32]
     lanes_per_word = 64 // bits
     n = math.prod(shape)
-    drop_levels = round(p * 2**bits)  # signed lanes below -2**(bits-1) + drop_levels are dropped
     words = torch.empty(-(-n // lanes_per_word), dtype=torch.int64, device=device)
     words.random_(-(2**63), None)  # every one of the 2**64 bit patterns, equally likely
     lanes = words.view(lane_dtype)[:n].view(shape)  # [n_words * lanes_per_word] -> shape
     return lanes < drop_levels - 2 ** (bits - 1), 2**bits / (2**bits - drop_levels)
-
-
-def keep_mask(shape: torch.Size, p: float, device: torch.device) -> tuple[torch.Tensor, float]:
-    """(bool keep mask, scale): the complement of `drop_mask` drawn from the same random stream."""
-    drop, scale = drop_mask(shape, p, device)
-    return ~drop, scale
 
 
 class FastDropout(nn.Module):

@@ -45,7 +45,7 @@ from peftlab.arch import (
     target_module_names,
 )
 from peftlab.errors import PeftlabError
-from peftlab.fast_dropout import FastDropout, drop_mask, keep_mask  # noqa: F401 - re-exported for callers and tests
+from peftlab.fast_dropout import FastDropout
 from peftlab.methods.base import (
     Method,
     base_fingerprint,
