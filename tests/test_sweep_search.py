@@ -29,8 +29,9 @@ def test_search_specs_cover_five_tasks_two_methods_and_evaluate_every_epoch(tmp_
         assert len(runs) == 12  # 4 lrs × 3 seeds
         cfgs = [run.cfg for run in runs]
         assert {c.seed for c in cfgs} == {1, 2, 3} and len({c.lr for c in cfgs}) == 4
-        assert all(c.eval_each_epoch and c.lr_scheduler == "constant_with_warmup" and c.max_train_samples is None
-                   for c in cfgs)
+        # constant lr whenever there is an epoch axis; a one-epoch search (SST-2) has none and decays linearly
+        assert all(c.eval_each_epoch and c.max_train_samples is None for c in cfgs)
+        assert all(c.lr_scheduler == ("constant_with_warmup" if c.epochs > 1 else "linear") for c in cfgs)
         assert all(c.rank == 8 and c.targets == ("q", "k", "v", "o") for c in cfgs if c.method == "lora")
         assert len({run.run_dir for run in runs}) == 12  # every (lr, seed) its own run directory
         seen.add((cfgs[0].task, cfgs[0].method))
@@ -38,12 +39,12 @@ def test_search_specs_cover_five_tasks_two_methods_and_evaluate_every_epoch(tmp_
 
 
 def _fake_run(root: Path, method: str, lr: float, seed: int, scores: list[float], steps_per_epoch: int = 50,
-              finished: bool = True) -> Path:
+              finished: bool = True, scheduler: str = "constant_with_warmup") -> Path:
     """A run directory as `peftlab train` leaves it: config, per-epoch dev evals, final metrics."""
     run_dir = root / f"lr-{lr}" / method / "RTE" / f"seed{seed}"
     run_dir.mkdir(parents=True)
     cfg = load_config("rte", [f"method={method}", f"lr={lr}", f"seed={seed}", f"epochs={len(scores)}",
-                              "lr_scheduler=constant_with_warmup", "warmup_ratio=0.06"])
+                              f"lr_scheduler={scheduler}", "warmup_ratio=0.06"])
     (run_dir / "run_config.json").write_text(json.dumps({"config": cfg.to_dict(), "method": method, "task": "RTE"}))
     lines = [{"kind": "train", "step": 10, "epoch": 0.2, "loss": 0.7}]
     lines += [{"kind": "eval", "step": (k + 1) * steps_per_epoch, "epoch": float(k + 1), "eval_accuracy": s,
@@ -99,6 +100,16 @@ def test_selection_best_mean_ties_to_fewer_epochs_and_presets(tmp_path):
     assert math.ceil(preset["warmup_ratio"] * 2 * 50) == math.ceil(0.06 * 3 * 50) == 9
     cfg = load_config(str(out / "presets" / "rte-fft.yaml"), [])  # a usable --config file
     assert cfg.epochs == 2 and cfg.lr == 1e-4 and cfg.task == "RTE"
+
+
+def test_decaying_schedule_enters_the_table_at_its_last_epoch_only(tmp_path):
+    # linear decay: epoch 1 of a 2-epoch run (0.90) was trained at rates no 1-epoch run sees → not a point
+    runs = [_fake_run(tmp_path, "fft", 1e-4, 1, [0.90, 0.70], scheduler="linear"),
+            _fake_run(tmp_path, "fft", 5e-5, 1, [0.60, 0.65], scheduler="linear")]
+    rows = search_rows([_sweep(tmp_path, "search-rte-fft", runs)])
+    assert sorted((r["lr"], r["epoch"]) for r in rows) == [(5e-5, 2), (1e-4, 2)]
+    (chosen,) = select(rows)
+    assert (chosen["lr"], chosen["epoch"], chosen["mean"]) == (1e-4, 2, 0.70)
 
 
 def test_missing_sweep_is_one_line_error(tmp_path, capsys):

@@ -8,7 +8,7 @@ after 1, 2, …, E epochs. They train with `lr_scheduler: constant_with_warmup`:
 step does not depend on E (only the warmup does, see `preset_for`), so the model after epoch k of an
 E-epoch search run is the model a k-epoch run with the preset below trains — the data order is a pure
 function of (seed, epoch) (`training/data.py`). A linear decay to 0 would make "epoch k of E" a schedule
-nobody could re-run.
+nobody could re-run, so for such runs (SST-2's one-epoch search uses `linear`) only epoch E enters the table.
 
 Outputs (under `--out`, default `<first sweep's parent>/../SEARCH`):
   search.csv      one row per (task, method, lr, epoch, seed): every dev metric after that epoch and the
@@ -44,6 +44,8 @@ SELECTION_RULE = ("highest mean dev metric over seeds; ties -> fewer epochs, the
                   "are not eligible")
 DEV_NOTE = ("selection and reported scores both use the GLUE dev split (GLUE has no labelled test split): the "
             "selected score is the maximum over the grid and so biased upward; see the search table for the spread")
+# Schedules whose lr at a step does not depend on the run's length (so epoch k of an E-epoch run = a k-epoch run).
+CONSTANT_SCHEDULERS = ("constant", "constant_with_warmup")
 # Settings a preset copies from the search runs (the rest are TrainConfig defaults).
 PRESET_KEYS = ("task", "method", "rank", "alpha", "dropout", "targets", "max_len", "batch_size", "weight_decay",
                "max_grad_norm", "grad_accum", "lr_scheduler", "max_train_samples")
@@ -86,7 +88,12 @@ def search_rows(sweep_dirs: list[str | Path]) -> list[dict[str, Any]]:
             spec = get_task(config["task"])
             epochs = float(config["epochs"])
             train_s = (final.get("timing") or {}).get("train_s")
-            for epoch, metrics in sorted(_eval_epochs(run_dir, list(spec.metric_names)).items()):
+            evals = _eval_epochs(run_dir, list(spec.metric_names))
+            if config.get("lr_scheduler") not in CONSTANT_SCHEDULERS:
+                # A decaying schedule (e.g. linear to 0 over E epochs): the model after epoch k < E was trained
+                # at rates no k-epoch run reproduces, so only the last epoch is a point a preset can re-run.
+                evals = {k: v for k, v in evals.items() if k == round(epochs)}
+            for epoch, metrics in sorted(evals.items()):
                 rows.append({
                     "task": spec.name, "method": config["method"],
                     "rank": config.get("rank") if config["method"] != "fft" else None,
