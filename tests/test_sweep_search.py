@@ -91,6 +91,12 @@ def test_selection_best_mean_ties_to_fewer_epochs_and_presets(tmp_path):
     with (out / "search.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == 15 and {"task", "method", "lr", "epoch", "seed", "dev_accuracy", "train_s"} <= set(table[0])
+    table_md = (out / "search.md").read_text().splitlines()
+    assert table_md[0] == "RTE FFT: dev accuracy after each epoch, mean over seeds [1, 2] (chosen in bold)"
+    assert table_md[2] == "| lr | ep 1 | ep 2 | ep 3 | train s (whole run) |"
+    # lr 1e-4 epoch 2: (0.72 + 0.68) / 2 = 0.700, sample std sqrt(0.0008) = 0.028; runs of 300 s
+    assert table_md[5] == "| 0.0001 | 0.610 ± 0.014 | **0.700 ± 0.028** | 0.700 ± 0.014 | 300 |"
+    assert table_md[6] == "| 0.0002 | 0.900 | 0.900 | 0.900 | 300 |"  # one finished seed: no ± std
     selection = read_json(out / "selection.json")
     assert "dev split" in selection["note"] and "ties -> fewer epochs" in selection["rule"]
     preset = yaml.safe_load((out / "presets" / "rte-fft.yaml").read_text())

@@ -13,6 +13,7 @@ nobody could re-run, so for such runs (SST-2's one-epoch search uses `linear`) o
 Outputs (under `--out`, default `<first sweep's parent>/../SEARCH`):
   search.csv      one row per (task, method, lr, epoch, seed): every dev metric after that epoch and the
                   train time up to it (`train_s` × k / E; every epoch has the same number of steps);
+  search.md       the same as a table per (task, method): lr × epoch, mean (± std) over seeds, choice in bold;
   selection.csv   per (task, method): the chosen (lr, epoch), its mean ± sample std over seeds;
   selection.json  the same plus the rule, the metric and the whole (lr, epoch) mean table;
   presets/<task>-<method>.yaml   the chosen settings, usable as `peftlab train --config FILE`.
@@ -172,8 +173,46 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return buf.getvalue()
 
 
+def _cell(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    text = f"{mean:.3f}".replace("-", "−")
+    return text + (f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else "")
+
+
+def search_markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]]) -> str:
+    """The search table a README quotes: one line per (task, method, lr), the selection metric after each
+    epoch as mean (± sample std, ddof 1, when there are several seeds) over seeds, the chosen cell in bold,
+    and the train seconds of the whole run (mean over seeds)."""
+    lines = []
+    for choice in chosen:
+        group = [r for r in rows if (r["task"], r["method"], r["rank"]) == (choice["task"], choice["method"],
+                                                                              choice["rank"])]
+        name = f"dev_{choice['metric']}"
+        n_epochs = max(r["epoch"] for r in group)
+        method = "FFT" if choice["method"] == "fft" else f"{choice['method']} r={choice['rank']}"
+        seeds = sorted({r["seed"] for r in group})
+        lines += [f"{choice['task']} {method}: dev {choice['metric']} after each epoch, mean over seeds {seeds} "
+                  f"(chosen in bold)", "",
+                  "| lr | " + " | ".join(f"ep {k}" for k in range(1, n_epochs + 1)) + " | train s (whole run) |",
+                  "| --- |" + " --- |" * (n_epochs + 1)]
+        for lr in sorted({r["lr"] for r in group}):
+            cells = []
+            for epoch in range(1, n_epochs + 1):
+                values = [float(r[name]) for r in group if r["lr"] == lr and r["epoch"] == epoch
+                          and r.get(name) is not None]
+                cell = _cell(values) if values else "—"
+                cells.append(f"**{cell}**" if (lr, epoch) == (choice["lr"], choice["epoch"]) else cell)
+            runs = {r["run_dir"]: r for r in group if r["lr"] == lr}
+            train = [r["train_s"] * r["epochs_scheduled"] / r["epoch"] for r in runs.values()
+                     if r["train_s"] is not None and r["epoch"] > 0]
+            train_cell = f"{statistics.fmean(train):.0f}" if train else "—"
+            lines.append(f"| {lr:g} | " + " | ".join(cells) + f" | {train_cell} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_search(sweep_dirs: list[str | Path], out: str | Path, metric: str | None = None) -> Path:
-    """Write search.csv, selection.csv, selection.json and presets/ under `out`; returns `out`."""
+    """Write search.csv, search.md, selection.csv, selection.json and presets/ under `out`; returns `out`."""
     import yaml
 
     from peftlab.io import atomic_write_json, atomic_write_text
@@ -186,6 +225,7 @@ def write_search(sweep_dirs: list[str | Path], out: str | Path, metric: str | No
                "epochs_scheduled", "run_dir"]
     key = (lambda r: (r["task"], r["method"], r["rank"] or 0, r["lr"], r["epoch"], r["seed"]))
     atomic_write_text(out / "search.csv", _csv(sorted(rows, key=key), columns))
+    atomic_write_text(out / "search.md", search_markdown(rows, chosen))
     atomic_write_text(out / "selection.csv", _csv(chosen, ["task", "method", "rank", "metric", "lr", "epoch", "mean",
                                                            "std", "seeds", "n_points"]))
     presets = {}
