@@ -202,9 +202,9 @@ def search_markdown(rows: list[dict[str, Any]], chosen: list[dict[str, Any]]) ->
                           and r.get(name) is not None]
                 cell = _cell(values) if values else "—"
                 cells.append(f"**{cell}**" if (lr, epoch) == (choice["lr"], choice["epoch"]) else cell)
-            runs = {r["run_dir"]: r for r in group if r["lr"] == lr}
-            train = [r["train_s"] * r["epochs_scheduled"] / r["epoch"] for r in runs.values()
-                     if r["train_s"] is not None and r["epoch"] > 0]
+            # the row of a run's last epoch carries the whole run's train time (train_s × E / E)
+            train = [r["train_s"] for r in group if r["lr"] == lr and r["epoch"] == r["epochs_scheduled"]
+                     and r["train_s"] is not None]
             train_cell = f"{statistics.fmean(train):.0f}" if train else "—"
             lines.append(f"| {lr:g} | " + " | ".join(cells) + f" | {train_cell} |")
         lines.append("")
